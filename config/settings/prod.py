@@ -1,0 +1,68 @@
+"""Production: every secret and address comes from the environment, with no default.
+
+`DJANGO_SETTINGS_MODULE=config.settings.prod python manage.py check --deploy
+--fail-level WARNING` passes given the variables in the README's table.
+"""
+
+import dj_database_url
+
+from config.env import env_bool, env_int, env_list, env_str
+from config.settings.base import *  # noqa: F403
+from config.settings.base import BASE_DOMAIN, PUBLIC_HOSTS
+
+DEBUG = False
+SECRET_KEY = env_str("SECRET_KEY")
+BASE_DOMAIN = env_str("BASE_DOMAIN").lower()  # noqa: F811
+ALLOWED_HOSTS = [BASE_DOMAIN, "." + BASE_DOMAIN, *PUBLIC_HOSTS, *env_list("ALLOWED_HOSTS")]
+SESSION_COOKIE_DOMAIN = env_str("SESSION_COOKIE_DOMAIN", BASE_DOMAIN)
+CSRF_COOKIE_DOMAIN = SESSION_COOKIE_DOMAIN
+
+DATABASE_URL = env_str("DATABASE_URL")
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL,
+        engine="django_tenants.postgresql_backend",
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+REDIS_URL = env_str("REDIS_URL")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_FUNCTION": "django_tenants.cache.make_key",
+        "REVERSE_KEY_FUNCTION": "django_tenants.cache.reverse_key",
+    }
+}
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "asgi")},
+    }
+}
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
+
+# TLS ends at the load balancer, which sets X-Forwarded-Proto.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = True
+SESSION_COOKIE_SECURE = True
+CSRF_COOKIE_SECURE = True
+CSRF_TRUSTED_ORIGINS = [f"https://{BASE_DOMAIN}", f"https://*.{BASE_DOMAIN}"]
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+EMAIL_HOST = env_str("EMAIL_HOST")
+EMAIL_PORT = env_int("EMAIL_PORT", 587)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)

@@ -1,0 +1,12 @@
+"""An organization's own host (acme.<BASE_DOMAIN>). Every view here is members-only
+unless marked @outsiders_allowed; tests/test_isolation.py checks each one."""
+
+from django.urls import path
+
+from apps.accounts.views import logout_view
+from apps.tenancy.views import dashboard
+
+urlpatterns = [
+    path("", dashboard, name="dashboard"),
+    path("logout/", logout_view, name="tenant-logout"),
+]
