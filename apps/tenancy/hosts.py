@@ -3,6 +3,7 @@
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest
 
 from apps.tenancy.models import Organization
@@ -28,7 +29,13 @@ def is_platform_host(hostname: str) -> bool:
 
 
 def _port_suffix(request: HttpRequest) -> str:
-    port = str(settings.SITE_PORT) if settings.SITE_PORT else split_host(request.get_host())[1]
+    if settings.SITE_PORT:
+        port = str(settings.SITE_PORT)
+    else:
+        try:
+            port = split_host(request.get_host())[1]
+        except DisallowedHost:  # the 400 page for a foreign host still renders links home
+            port = ""
     if not port or (request.scheme, port) in {("http", "80"), ("https", "443")}:
         return ""
     return ":" + port

@@ -1,0 +1,106 @@
+"""The cross-tenant isolation checker.
+
+It walks every URL pattern of a tenant URLconf (so a new endpoint cannot be
+forgotten), fills each parameter with an object of organization Alpha, and
+requests it on Alpha's host as: nobody, a member of Beta, and a person in no
+organization. None of them may get Alpha's data: only a redirect to the public
+login page, 401, 403, 404 or 405 is acceptable.
+"""
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from django.conf import settings
+from django.test import Client
+from django.urls import URLPattern, URLResolver
+from django.urls.resolvers import RoutePattern
+
+from tests.conftest import World, client_for
+
+# Parameter name -> a function that makes an object in the current (Alpha's)
+# schema and returns the value to put in the URL. A new URL parameter needs an
+# entry here, or the suite fails naming it: an endpoint cannot slip by untested.
+SAMPLE_VALUES: dict[str, Callable[[World], Any]] = {}
+
+REFUSED = {401, 403, 404, 405}
+METHODS = ("get", "post", "put", "patch", "delete")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    route: str  # as written in the URLconf, e.g. "notices/<int:notice_id>/"
+    name: str | None
+
+
+def tenant_endpoints(urlconf: ModuleType) -> Iterator[Endpoint]:
+    def walk(patterns: list[Any], prefix: str) -> Iterator[Endpoint]:
+        for entry in patterns:
+            if not isinstance(entry.pattern, RoutePattern):
+                raise AssertionError(
+                    f"{prefix}{entry.pattern} uses re_path; use path() so the isolation suite can fill it"
+                )
+            route = prefix + str(entry.pattern)
+            if isinstance(entry, URLResolver):
+                yield from walk(list(entry.url_patterns), route)
+            elif isinstance(entry, URLPattern):
+                yield Endpoint(route=route, name=entry.name)
+
+    yield from walk(list(urlconf.urlpatterns), "")
+
+
+_PARAMETER = re.compile(r"<(?:(?P<converter>[^>:]+):)?(?P<name>[^>]+)>")
+
+
+def concrete_path(endpoint: Endpoint, world: World) -> str:
+    def fill(match: re.Match[str]) -> str:
+        name = match.group("name")
+        if name not in SAMPLE_VALUES:
+            raise AssertionError(
+                f"{endpoint.route}: add a sample for the URL parameter '{name}' to "
+                "tests/isolation.py SAMPLE_VALUES (an object of organization Alpha)"
+            )
+        return str(SAMPLE_VALUES[name](world))
+
+    return "/" + _PARAMETER.sub(fill, endpoint.route)
+
+
+def _refused(response: Any) -> bool:
+    if response.status_code in REFUSED:
+        return True
+    if response.status_code in {301, 302, 303, 307, 308}:
+        # Only a way out to the public site (the login page, say) is acceptable.
+        location = response.headers.get("Location", "")
+        return location.startswith(f"http://{settings.BASE_DOMAIN}") or location.startswith(
+            f"https://{settings.BASE_DOMAIN}"
+        )
+    return False
+
+
+def find_leaks(urlconf: ModuleType, world: World) -> list[str]:
+    """Every (endpoint, method, visitor) that got something other than a refusal."""
+    from django_tenants.utils import schema_context
+
+    visitors: dict[str, Client] = {
+        "anonymous": client_for(None, world.alpha),
+        "member of beta": client_for(world.ben, world.alpha),
+        "owner of beta": client_for(world.bob, world.alpha),
+        "no organization": client_for(world.olga, world.alpha),
+    }
+    leaks = []
+    for endpoint in tenant_endpoints(urlconf):
+        with schema_context(world.alpha.schema_name):
+            path = concrete_path(endpoint, world)
+        for method in METHODS:
+            for who, client in visitors.items():
+                response = getattr(client, method)(path, data={} if method == "get" else None)
+                if not _refused(response):
+                    leaks.append(f"{method.upper()} {path} as {who}: {response.status_code}")
+    return leaks
+
+
+def sample_uuid(_: World) -> str:
+    return str(uuid.uuid4())

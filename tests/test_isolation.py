@@ -1,0 +1,67 @@
+"""Cross-tenant isolation: every tenant endpoint and WebSocket route refuses
+people from outside the organization. Adding a view to config/urls_tenant.py
+or config/routing.py adds it here automatically."""
+
+import asyncio
+import json
+
+import pytest
+from django.test import override_settings
+
+import config.urls_tenant
+import tests.leaky_urls
+from config.routing import websocket_urlpatterns
+from tests.conftest import LiveServer, World, client_for
+from tests.isolation import find_leaks, tenant_endpoints
+from tests.websocket import session_cookie_for, ws_connect
+
+
+@pytest.mark.django_db
+def test_no_tenant_endpoint_serves_people_from_outside_the_organization(world: World) -> None:
+    assert find_leaks(config.urls_tenant, world) == []
+
+
+@pytest.mark.django_db
+def test_the_suite_enumerates_every_tenant_endpoint(world: World) -> None:
+    routes = {endpoint.route for endpoint in tenant_endpoints(config.urls_tenant)}
+    assert routes == {str(p.pattern) for p in config.urls_tenant.urlpatterns}
+
+
+@pytest.mark.django_db
+def test_the_suite_catches_a_view_that_leaks(world: World) -> None:
+    with override_settings(ROOT_URLCONF="tests.leaky_urls"):
+        leaks = find_leaks(tests.leaky_urls, world)
+    assert "GET /leaky/notices/ as member of beta: 200" in leaks
+    assert "GET /leaky/notices/ as anonymous: 200" in leaks
+    assert all("/leaky/notices/" in leak for leak in leaks)
+
+
+@pytest.mark.django_db
+def test_members_still_reach_every_tenant_page(world: World) -> None:
+    """The other half: isolation must not be bought by refusing everyone."""
+    client = client_for(world.amy, world.alpha)
+    for endpoint in tenant_endpoints(config.urls_tenant):
+        if endpoint.name == "tenant-logout":
+            continue
+        assert client.get("/" + endpoint.route).status_code == 200, endpoint.route
+
+
+def test_no_websocket_route_accepts_people_from_outside_the_organization(
+    asgi_server: LiveServer, world: World
+) -> None:
+    async def attempts() -> list[str]:
+        leaks = []
+        visitors = {"anonymous": None, "member of beta": world.ben, "no organization": world.olga}
+        for route in websocket_urlpatterns:
+            path = "/" + str(route.pattern)
+            for who, user in visitors.items():
+                cookie = await asyncio.to_thread(session_cookie_for, user) if user else None
+                try:
+                    async with ws_connect(asgi_server, world.alpha, path, cookie=cookie) as socket:
+                        leaks.append(f"{path} as {who}: accepted, sent {json.loads(await socket.recv())}")
+                except ConnectionRefusedError as exc:
+                    if "403" not in str(exc):
+                        leaks.append(f"{path} as {who}: refused oddly ({exc})")
+        return leaks
+
+    assert asyncio.run(attempts()) == []
