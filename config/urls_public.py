@@ -4,7 +4,7 @@ from django.urls import include, path
 
 from apps.accounts.views import LoginView, logout_view
 from apps.core.views import healthz, landing
-from apps.tenancy.views import org_picker, signup
+from apps.tenancy.views import org_open, org_picker, signup
 
 urlpatterns = [
     path("", landing, name="landing"),
@@ -12,6 +12,7 @@ urlpatterns = [
     path("login/", LoginView.as_view(), name="login"),
     path("logout/", logout_view, name="logout"),
     path("orgs/", org_picker, name="org-picker"),
+    path("orgs/<slug:slug>/", org_open, name="org-open"),
     path("healthz", healthz, name="healthz"),
     path("", include("django_prometheus.urls")),
 ]

@@ -3,10 +3,11 @@ unless marked @outsiders_allowed; tests/test_isolation.py checks each one."""
 
 from django.urls import path
 
-from apps.accounts.views import logout_view
+from apps.accounts.views import handoff, logout_view
 from apps.tenancy.views import dashboard
 
 urlpatterns = [
     path("", dashboard, name="dashboard"),
     path("logout/", logout_view, name="tenant-logout"),
+    path("auth/handoff/", handoff, name="handoff"),
 ]

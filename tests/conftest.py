@@ -28,7 +28,7 @@ from django.test import Client
 from apps.accounts.models import User
 from apps.tenancy import services as tenancy_services
 from apps.tenancy.models import Membership, Organization
-from tests.factories import PASSWORD, UserFactory
+from tests.factories import PASSWORD, make_user
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -59,11 +59,11 @@ def _organization(slug: str, owner: User, member: User) -> Organization:
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[World]:
     with django_db_blocker.unblock():
-        alice = UserFactory(email="alice@alpha.test", name="Alice")
-        amy = UserFactory(email="amy@alpha.test", name="Amy")
-        bob = UserFactory(email="bob@beta.test", name="Bob")
-        ben = UserFactory(email="ben@beta.test", name="Ben")
-        olga = UserFactory(email="olga@nowhere.test", name="Olga")
+        alice = make_user("alice@alpha.test", "Alice")
+        amy = make_user("amy@alpha.test", "Amy")
+        bob = make_user("bob@beta.test", "Bob")
+        ben = make_user("ben@beta.test", "Ben")
+        olga = make_user("olga@nowhere.test", "Olga")
         world = World(
             alpha=_organization("alpha", alice, amy),
             beta=_organization("beta", bob, ben),

@@ -50,9 +50,10 @@ TENANT_TEMPLATE_SCHEMA = "tenant_template"
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
-    "apps.tenancy.middleware.TenantMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files are the same for every host and need no tenant or database.
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "apps.tenancy.middleware.TenantMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -123,9 +124,11 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "org-picker"
 
-# One login works on every organization subdomain: the session cookie is set
-# for the base domain and its subdomains.
-SESSION_COOKIE_DOMAIN = env_str("SESSION_COOKIE_DOMAIN", BASE_DOMAIN)
+# Cookies are host-only: each organization's host has its own session, and a
+# login is carried between hosts by a signed one-time handoff
+# (apps/accounts/handoff.py). Browsers refuse a cookie for `localhost` shared
+# with `acme.localhost` anyway.
+SESSION_COOKIE_DOMAIN = env_str("SESSION_COOKIE_DOMAIN", "") or None
 CSRF_COOKIE_DOMAIN = SESSION_COOKIE_DOMAIN
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 14 * 24 * 3600)
 SITE_PORT = env_int("SITE_PORT", 0)  # 0: take the port from the request
