@@ -22,9 +22,10 @@ SALT = "agentyard.accounts.handoff"
 MAX_AGE_SECONDS = 60
 
 
-def handoff_token(*, user: User, next_path: str) -> str:
+def handoff_token(*, user: User, host: str, next_path: str) -> str:
     payload = {
         "u": user.pk,
+        "d": host,
         "h": user.get_session_auth_hash(),
         "n": next_path,
         "j": secrets.token_urlsafe(12),
@@ -32,11 +33,14 @@ def handoff_token(*, user: User, next_path: str) -> str:
     return signing.dumps(payload, salt=SALT, compress=True)
 
 
-def handoff_redeem(token: str) -> tuple[User, str] | None:
-    """The user and the path to show them, or None for a bad, old or reused token."""
+def handoff_redeem(*, token: str, host: str) -> tuple[User, str] | None:
+    """The user and the path to show them, or None for a bad, old, reused or
+    misdirected token (one minted for another organization's host)."""
     try:
         payload = signing.loads(token, salt=SALT, max_age=MAX_AGE_SECONDS)
     except signing.BadSignature:  # includes SignatureExpired
+        return None
+    if payload.get("d") != host:
         return None
     user = get_user_model().objects.filter(pk=payload.get("u"), is_active=True).first()
     if user is None or not secrets.compare_digest(user.get_session_auth_hash(), payload.get("h", "")):
@@ -59,5 +63,5 @@ def handoff_url(request: HttpRequest, target_url: str) -> str:
     next_path = parts.path or "/"
     if parts.query:
         next_path += "?" + parts.query
-    token = handoff_token(user=request.user, next_path=next_path)
+    token = handoff_token(user=request.user, host=parts.netloc, next_path=next_path)
     return f"{parts.scheme}://{parts.netloc}/auth/handoff/?{urlencode({'token': token})}"

@@ -36,7 +36,7 @@ class LoginView(DjangoLoginView):
 @require_GET
 def handoff(request: HttpRequest) -> HttpResponse:
     """Log in on this organization's host with a token from the public site."""
-    redeemed = handoff_redeem(request.GET.get("token", ""))
+    redeemed = handoff_redeem(token=request.GET.get("token", ""), host=request.get_host())
     if redeemed is None:
         return render(
             request,

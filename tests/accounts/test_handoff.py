@@ -16,7 +16,7 @@ def _redeem(token: str, host: str = "alpha.localhost") -> Client:
 
 
 def test_a_handoff_logs_in_on_the_organization_host_once(world: World) -> None:
-    token = handoff_token(user=world.amy, next_path="/")
+    token = handoff_token(user=world.amy, host="alpha.localhost", next_path="/")
     first = _redeem(token)
     assert first.response.status_code == 302  # type: ignore[attr-defined]
     assert first.get("/").status_code == 200
@@ -36,17 +36,22 @@ def test_a_tampered_or_foreign_token_logs_nobody_in(world: World) -> None:
 
 def test_a_password_change_voids_outstanding_handoffs(world: World) -> None:
     amy = User.objects.get(pk=world.amy.pk)  # not the shared object: the world outlives this test
-    token = handoff_token(user=amy, next_path="/")
+    token = handoff_token(user=amy, host="alpha.localhost", next_path="/")
     amy.set_password("a brand new passphrase")
     amy.save()
     assert _redeem(token).response.status_code == 400  # type: ignore[attr-defined]
 
 
 def test_a_handoff_does_not_grant_membership(world: World) -> None:
-    client = _redeem(handoff_token(user=world.ben, next_path="/"))
+    client = _redeem(handoff_token(user=world.ben, host="alpha.localhost", next_path="/"))
     assert client.get("/").status_code == 403
 
 
 def test_a_handoff_never_redirects_off_the_host(world: World) -> None:
-    client = _redeem(handoff_token(user=world.amy, next_path="//evil.example.com/"))
+    client = _redeem(handoff_token(user=world.amy, host="alpha.localhost", next_path="//evil.example.com/"))
     assert client.response["Location"] == "/"  # type: ignore[attr-defined]
+
+
+def test_a_token_for_one_organization_does_not_work_on_another(world: World) -> None:
+    token = handoff_token(user=world.amy, host="alpha.localhost", next_path="/")
+    assert _redeem(token, host="beta.localhost").response.status_code == 400  # type: ignore[attr-defined]
