@@ -1,0 +1,116 @@
+"""`manage.py seed_demo`: the demo organization and logins that `make run` prints. Idempotent.
+
+Passwords are made up on the first run and kept in the credentials file (mode 600), so every
+later run prints, and sets, the same ones; DEMO_PASSWORD, when set, is used for both accounts
+instead and is not written anywhere.
+"""
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+
+from apps.accounts.models import User
+from apps.tenancy.hosts import organization_host
+from apps.tenancy.models import Membership, Organization
+from apps.tenancy.services import organization_create, organization_provision
+from config.env import env_str
+
+ADMIN_EMAIL = "admin@agentyard.local"
+DEMO_EMAIL = "demo@agentyard.local"
+DEMO_SLUG = "demo"
+DEMO_NAME = "Demo"
+
+
+class Command(BaseCommand):
+    help = "Create the demo organization, a staff superuser and the demo organization's owner."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--credentials",
+            type=Path,
+            default=Path(settings.BASE_DIR) / ".run" / "credentials.json",
+            help="where the generated passwords are kept (default: .run/credentials.json)",
+        )
+        parser.add_argument("--json", action="store_true", help="print the logins as one JSON object")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        passwords = _passwords(options["credentials"])
+        with transaction.atomic():
+            admin = _user_ensure(email=ADMIN_EMAIL, password=passwords["admin"], staff=True)
+            demo = _user_ensure(email=DEMO_EMAIL, password=passwords["demo"], staff=False)
+            organization = Organization.objects.filter(slug=DEMO_SLUG).first()
+            if organization is None:
+                organization = organization_create(
+                    name=DEMO_NAME, slug=DEMO_SLUG, created_by=demo, provision_async=False
+                )
+        # Outside the transaction above: provisioning marks a failure on the row and re-raises.
+        try:
+            organization = organization_provision(organization_id=organization.pk)
+        except Exception as exc:  # any failure: the row says "Set-up failed"; say why in one line
+            raise CommandError(f"setting up the demo organization failed: {exc}") from exc
+        membership, _ = Membership.objects.get_or_create(
+            user=demo, organization=organization, defaults={"role": Membership.Role.OWNER}
+        )
+        if membership.role != Membership.Role.OWNER:
+            membership.role = Membership.Role.OWNER
+            membership.save(update_fields=["role"])
+
+        logins = {
+            "organization": {"slug": organization.slug, "host": organization_host(organization)},
+            "admin": {"email": admin.email, "password": passwords["admin"]},
+            "demo": {"email": demo.email, "password": passwords["demo"]},
+        }
+        if options["json"]:
+            self.stdout.write(json.dumps(logins))
+            return
+        self.stdout.write(f"Organization {organization.name!r} at {logins['organization']['host']}")
+        self.stdout.write(f"Owner: {demo.email} / {passwords['demo']}")
+        self.stdout.write(f"Staff: {admin.email} / {passwords['admin']}")
+
+
+def _user_ensure(*, email: str, password: str, staff: bool) -> User:
+    user = User.objects.filter(email=email).first()
+    if user is None:
+        if staff:
+            return User.objects.create_superuser(email=email, password=password)
+        return User.objects.create_user(email=email, password=password)
+    # Whatever happened to the account since, the login we print must work.
+    changed = not user.is_active or not user.check_password(password)
+    if changed:
+        user.is_active = True
+        user.set_password(password)
+    if staff and not (user.is_staff and user.is_superuser):
+        user.is_staff = user.is_superuser = True
+        changed = True
+    if changed:
+        user.save()
+    return user
+
+
+def _passwords(path: Path) -> dict[str, str]:
+    override = env_str("DEMO_PASSWORD", "")
+    if override:
+        return {"admin": override, "demo": override}
+    stored: Any = {}
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"cannot read {path} ({exc}); delete it to make new passwords") from None
+    if not isinstance(stored, dict):
+        raise CommandError(f"{path} is not a JSON object; delete it to make new passwords")
+    passwords = {role: str(stored.get(role) or "") or secrets.token_urlsafe(12) for role in ("admin", "demo")}
+    if passwords != stored:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(passwords, file, indent=2)
+    # It holds passwords: owner only, even if it was created by hand with looser rights.
+    path.chmod(0o600)
+    return passwords

@@ -1,0 +1,301 @@
+"""`make run`: the whole platform on this machine, in one terminal.
+
+    python -m scripts.run          (PORT=8000 and HOST=127.0.0.1 unless set)
+
+Finds or starts PostgreSQL and Redis (scripts/services.py), migrates, seeds the demo
+organization and its logins (manage.py seed_demo), then supervises three children, each in
+its own process group with its output prefixed by its name: web (uvicorn), worker and beat
+(Celery). Once /healthz answers it prints the URLs and the login.
+
+Ctrl-C or SIGTERM stops everything: SIGTERM to each child's process group, SIGKILL after a
+grace period (at once on a second Ctrl-C), then the embedded servers. A child that exits on
+its own stops everything too, and the exit status is 1, naming it.
+"""
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from scripts.services import (
+    SIGNALS,
+    ServiceError,
+    Services,
+    StopRequested,
+    ensure_services,
+    run_dir_default,
+    spawn,
+    stop_process_groups,
+)
+
+STOP_GRACE_SECONDS = 10
+HEALTH_POLL_SECONDS = 0.5
+
+
+class Console:
+    """One writer at a time, so the children's lines never interleave mid-line."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+    def say(self, text: str) -> None:
+        self.line(f"==> {text}")
+
+
+class ChildFailed(Exception):
+    def __init__(self, name: str, returncode: int) -> None:
+        super().__init__(f"{name} exited unexpectedly ({_describe_exit(returncode)})")
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"
+
+
+class Child:
+    """A supervised process whose output lines come out as `name | line`."""
+
+    def __init__(self, name: str, args: Sequence[str], env: dict[str, str], console: Console) -> None:
+        self.name = name
+        self.console = console
+        self.proc = spawn(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._pump = threading.Thread(target=self._copy_output, name=f"{name}-output", daemon=True)
+
+    def start_output(self) -> None:
+        # Started only once every child is spawned: fork with other threads running is unsafe.
+        self._pump.start()
+
+    def _copy_output(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.console.line(f"{self.name} | {raw.decode(errors='replace').rstrip()}")
+
+    def finish_output(self) -> None:
+        # Grandchildren may hold the pipe open a little longer; never wait for them for long.
+        if self._pump.is_alive():
+            self._pump.join(timeout=2)
+
+
+def _env_port() -> int:
+    value = os.environ.get("PORT", "").strip() or "8000"
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ServiceError(f"PORT must be a port number, not {value!r}")
+    return int(value)
+
+
+def _port_check(host: str, port: int) -> None:
+    """Fail before anything starts when the web server could not listen."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As uvicorn does, so a port that only has connections in TIME_WAIT counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ServiceError(
+                    f"port {port} is already in use on {host}; set PORT to use another"
+                ) from None
+            raise ServiceError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _run_step(name: str, args: Sequence[str], env: dict[str, str], console: Console) -> None:
+    """Run a set-up command to completion, its output prefixed; stop it if we are told to stop."""
+    child = Child(name, args, env, console)
+    child.start_output()
+    try:
+        while child.proc.poll() is None:
+            SIGNALS.raise_if_stop_requested()
+            time.sleep(0.1)
+    finally:
+        stop_process_groups([child.proc], grace=STOP_GRACE_SECONDS)
+        child.finish_output()
+    if child.proc.returncode != 0:
+        raise ServiceError(f"{name} failed ({_describe_exit(child.proc.returncode)}); see its output above")
+
+
+def _seed(env: dict[str, str], run_dir: Path, console: Console) -> dict[str, Any]:
+    args = [
+        sys.executable,
+        "manage.py",
+        "seed_demo",
+        "--json",
+        "--credentials",
+        str(run_dir / "credentials.json"),
+    ]
+    proc = spawn(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                SIGNALS.raise_if_stop_requested()
+    finally:
+        stop_process_groups([proc], grace=STOP_GRACE_SECONDS)
+    for line in err.decode(errors="replace").splitlines():
+        console.line(f"seed | {line}")
+    if proc.returncode != 0:
+        raise ServiceError(f"seeding the demo data failed ({_describe_exit(proc.returncode)}); see above")
+    try:
+        logins: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise ServiceError("seed_demo printed no logins") from None
+    return logins
+
+
+def _healthz_answers(host: str, port: int, base_domain: str) -> bool:
+    connect_host = "127.0.0.1" if host in {"0.0.0.0", ""} else host
+    if ":" in connect_host:
+        connect_host = f"[{connect_host}]"
+    request = urllib.request.Request(
+        f"http://{connect_host}:{port}/healthz", headers={"Host": f"{base_domain}:{port}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 (http:// built above)
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _announce(console: Console, port: int, base_domain: str, logins: dict[str, Any]) -> None:
+    org = logins["organization"]
+    demo, admin = logins["demo"], logins["admin"]
+    public, organization = f"http://{base_domain}:{port}/", f"http://{org['host']}:{port}/"
+    width = max(len(public), len(organization))
+    console.say("Agentyard is running:")
+    console.line(f"      {public:<{width}}   public site: sign up, log in")
+    console.line(f"      {organization:<{width}}   the {org['slug']} organization")
+    console.line(f"    Log in as {demo['email']} / {demo['password']} (owner of {org['slug']})")
+    console.line(f"    Back office: {admin['email']} / {admin['password']} (staff)")
+    console.line("    Ctrl-C stops everything.")
+
+
+def _supervise(
+    children: list[Child], services: Services, host: str, port: int, base_domain: str, logins: dict[str, Any]
+) -> None:
+    console = children[0].console
+    for child in children:
+        console.say(f"{child.name} started (pid {child.proc.pid})")
+        child.start_output()
+    announced = False
+    next_health_check = 0.0
+    while True:
+        SIGNALS.raise_if_stop_requested()
+        for child in children:
+            returncode = child.proc.poll()
+            if returncode is not None:
+                raise ChildFailed(child.name, returncode)
+        if (server := services.dead_server()) is not None and server.proc is not None:
+            raise ChildFailed(f"the embedded {server.name}", server.proc.returncode)
+        if not announced and time.monotonic() >= next_health_check:
+            if _healthz_answers(host, port, base_domain):
+                _announce(console, port, base_domain, logins)
+                announced = True
+            next_health_check = time.monotonic() + HEALTH_POLL_SECONDS
+        time.sleep(0.1)
+
+
+def _settings_values() -> tuple[str, str]:
+    """The Celery queue and base domain, read from the same settings the children will use."""
+    from django.conf import settings
+
+    return str(settings.CELERY_TASK_DEFAULT_QUEUE), str(settings.BASE_DOMAIN)
+
+
+def main() -> int:
+    SIGNALS.install()
+    console = Console()
+    run_dir = run_dir_default()
+    host = os.environ.get("HOST", "").strip() or "127.0.0.1"
+    children: list[Child] = []
+    try:
+        port = _env_port()
+        _port_check(host, port)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with ensure_services(run_dir, say=console.say) as services:
+            os.environ.update(services.env)
+            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            try:
+                queue, base_domain = _settings_values()
+            except Exception as exc:  # settings report a bad variable with an exception naming it
+                raise ServiceError(f"the settings do not load: {exc}") from None
+
+            console.say("Migrating the database (public schema, organizations, template schema)")
+            _run_step("migrate", [sys.executable, "manage.py", "migrate", "--noinput"], env, console)
+            console.say("Seeding the demo organization and logins")
+            logins = _seed(env, run_dir, console)
+
+            celery = [sys.executable, "-m", "celery", "-A", "config"]
+            commands = {
+                "web": [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "config.asgi:application",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    # Django's ASGI handler has no lifespan support; uvicorn would log that it is missing.
+                    "--lifespan",
+                    "off",
+                ],
+                "worker": [
+                    *celery,
+                    "worker",
+                    "-l",
+                    "info",
+                    "-c",
+                    "2",
+                    "-Q",
+                    queue,
+                    "-n",
+                    f"worker-{port}@%h",
+                ],
+                "beat": [*celery, "beat", "-l", "info", "-s", str(run_dir / "celerybeat-schedule")],
+            }
+            try:
+                for name, args in commands.items():
+                    children.append(Child(name, args, env, console))
+                _supervise(children, services, host, port, base_domain, logins)
+            except ChildFailed as exc:
+                console.say(f"{exc}; stopping everything")
+                raise ServiceError(str(exc)) from None
+            except StopRequested:
+                console.say("Stopping (Ctrl-C again to kill at once)")
+                raise
+            finally:
+                stop_process_groups([child.proc for child in children], grace=STOP_GRACE_SECONDS)
+                for child in children:
+                    child.finish_output()
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except StopRequested:
+        console.say("Stopped.")
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
