@@ -10,7 +10,7 @@ from django_tenants.utils import schema_context, schema_exists
 from apps.notices.models import Notice
 from apps.tenancy import services
 from apps.tenancy.models import Organization
-from apps.tenancy.provisioning import template_schema_name
+from apps.tenancy.provisioning import schema_signature, template_schema_name
 from tests.conftest import World, wait_for
 
 
@@ -47,6 +47,25 @@ def test_the_worker_provisions_a_new_organization_and_its_status_shows_it(
 
 
 @pytest.mark.django_db
+def test_a_copy_has_exactly_the_templates_tables_columns_constraints_and_indexes(world: World) -> None:
+    template = schema_signature(template_schema_name())
+    assert template["columns"]
+    assert schema_signature(world.alpha.schema_name) == template
+    assert schema_signature(world.beta.schema_name) == template
+
+
+@pytest.mark.django_db
+def test_a_copy_continues_numbering_after_the_copied_rows(world: World) -> None:
+    from django.contrib.contenttypes.models import ContentType
+
+    with schema_context(world.alpha.schema_name):
+        copied = ContentType.objects.count()
+        assert copied > 0
+        created = ContentType.objects.create(app_label="probe", model="probe")
+        assert created.pk > max(ContentType.objects.exclude(pk=created.pk).values_list("pk", flat=True))
+
+
+@pytest.mark.django_db
 def test_a_clone_carries_the_templates_migration_history(world: World) -> None:
     assert _applied(world.alpha.schema_name) == _applied(template_schema_name())
     assert ("notices", "0001_initial") in _applied(world.alpha.schema_name)
@@ -66,7 +85,7 @@ def test_migrate_schemas_is_a_no_op_for_cloned_organizations(
 
 @pytest.mark.django_db
 def test_a_stale_template_still_gives_a_fully_migrated_organization(world: World) -> None:
-    """If the template lags behind the code, the clone is migrated after copying."""
+    """If the template lags behind the code, it is migrated before it is copied."""
     call_command("migrate_schemas", schema_name=template_schema_name(), app_label="notices",
                  migration_name="zero", interactive=False, verbosity=0)  # fmt: skip
     assert "notices_notice" not in _tables(template_schema_name())
@@ -77,6 +96,7 @@ def test_a_stale_template_still_gives_a_fully_migrated_organization(world: World
     services.organization_provision(organization_id=organization.pk)
 
     assert "notices_notice" in _tables("org_delta")
+    assert "notices_notice" in _tables(template_schema_name())
     with schema_context("org_delta"):
         assert Notice.objects.filter(title="Welcome to Delta").exists()
 
