@@ -13,6 +13,7 @@ migration.
 
 import argparse
 import contextlib
+import functools
 import io
 import math
 import os
@@ -122,7 +123,7 @@ def schema_steps(prefix: str, count: int, method: str) -> list[float]:
         close_old_connections()
         schema_name = f"{prefix}_{index:04d}"
         with quiet():
-            seconds.append(timed(lambda name=schema_name: make(schema_name=name)))
+            seconds.append(timed(functools.partial(make, schema_name=schema_name)))
         provisioning.schema_drop(schema_name=schema_name)
     return seconds
 
