@@ -184,7 +184,7 @@ def _announce(console: Console, port: int, base_domain: str, logins: dict[str, A
     console.line(f"      {public:<{width}}   public site: sign up, log in")
     console.line(f"      {organization:<{width}}   the {org['slug']} organization")
     console.line(f"    Log in as {demo['email']} / {demo['password']} (owner of {org['slug']})")
-    console.line(f"    Back office: {admin['email']} / {admin['password']} (staff)")
+    console.line(f"    Staff user: {admin['email']} / {admin['password']}")
     console.line("    Ctrl-C stops everything.")
 
 
