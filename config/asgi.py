@@ -2,7 +2,10 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from config.env import settings_or_exit
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+settings_or_exit()
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

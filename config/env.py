@@ -48,3 +48,19 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     if value is None or value == "":
         return list(default or [])
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def settings_or_exit() -> None:
+    """Load the settings now; a missing or malformed variable ends the process with one line.
+
+    A missing variable is an operator's mistake, and Django would otherwise
+    show it as a traceback from deep inside its setup."""
+    import sys
+
+    from django.conf import settings
+
+    try:
+        settings.INSTALLED_APPS  # noqa: B018
+    except ImproperlyConfigured as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

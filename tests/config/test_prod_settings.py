@@ -82,3 +82,21 @@ def test_a_malformed_number_is_named_without_a_traceback() -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == "error: EMAIL_PORT must be an integer, not 'smtp'."
+
+
+def test_the_web_server_names_a_missing_variable_in_one_line() -> None:
+    """What an operator sees when uvicorn loads the ASGI app with SECRET_KEY unset."""
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
+    env.update({key: value for key, value in DOCUMENTED_ENV.items() if key != "SECRET_KEY"})
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings.prod"
+    result = subprocess.run(
+        [sys.executable, "-c", "import config.asgi"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: Set the environment variable SECRET_KEY."
