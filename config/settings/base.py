@@ -1,12 +1,47 @@
 """Settings shared by every environment; dev, test and prod import from here."""
 
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
 from config.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+
+# Built by functions, so prod and test can point them elsewhere without repeating them.
+def databases_for(url: str) -> dict[str, Any]:
+    return {
+        "default": dj_database_url.parse(
+            url,
+            engine="django_tenants.postgresql_backend",
+            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+            conn_health_checks=True,
+        )
+    }
+
+
+def caches_for(redis_url: str) -> dict[str, Any]:
+    return {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": redis_url,
+            # Keys carry the schema, so one organization never reads another's entries.
+            "KEY_FUNCTION": "django_tenants.cache.make_key",
+            "REVERSE_KEY_FUNCTION": "django_tenants.cache.reverse_key",
+        }
+    }
+
+
+def channel_layers_for(redis_url: str, *, prefix: str) -> dict[str, Any]:
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [redis_url], "prefix": prefix},
+        }
+    }
+
 
 SECRET_KEY = env_str("SECRET_KEY", "insecure-dev-key-change-me-" + "x" * 32)
 DEBUG = env_bool("DEBUG", False)
@@ -84,35 +119,15 @@ WSGI_APPLICATION = "config.wsgi.application"
 ASGI_APPLICATION = "config.asgi.application"
 
 DATABASE_URL = env_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/agentyard")
-DATABASES = {
-    "default": dj_database_url.parse(
-        DATABASE_URL,
-        engine="django_tenants.postgresql_backend",
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
-        conn_health_checks=True,
-    )
-}
+DATABASES = databases_for(DATABASE_URL)
 # django-tenants wraps this backend, so queries are counted by django-prometheus.
 ORIGINAL_BACKEND = "django_prometheus.db.backends.postgresql"
 DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
-CACHES = {
-    "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": REDIS_URL,
-        # Keys carry the schema, so one organization never reads another's entries.
-        "KEY_FUNCTION": "django_tenants.cache.make_key",
-        "REVERSE_KEY_FUNCTION": "django_tenants.cache.reverse_key",
-    }
-}
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "asgi")},
-    }
-}
+CACHES = caches_for(REDIS_URL)
+CHANNEL_LAYERS = channel_layers_for(REDIS_URL, prefix=env_str("CHANNELS_PREFIX", "asgi"))
 
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [

@@ -4,11 +4,9 @@
 --fail-level WARNING` passes given the variables in the README's table.
 """
 
-import dj_database_url
-
 from config.env import env_bool, env_int, env_list, env_str
 from config.settings.base import *  # noqa: F403
-from config.settings.base import BASE_DOMAIN, PUBLIC_HOSTS
+from config.settings.base import BASE_DOMAIN, PUBLIC_HOSTS, caches_for, channel_layers_for, databases_for
 
 DEBUG = False
 SECRET_KEY = env_str("SECRET_KEY")
@@ -16,29 +14,10 @@ BASE_DOMAIN = env_str("BASE_DOMAIN").lower()  # noqa: F811
 ALLOWED_HOSTS = [BASE_DOMAIN, "." + BASE_DOMAIN, *PUBLIC_HOSTS, *env_list("ALLOWED_HOSTS")]
 
 DATABASE_URL = env_str("DATABASE_URL")
-DATABASES = {
-    "default": dj_database_url.parse(
-        DATABASE_URL,
-        engine="django_tenants.postgresql_backend",
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
-        conn_health_checks=True,
-    )
-}
+DATABASES = databases_for(DATABASE_URL)
 REDIS_URL = env_str("REDIS_URL")
-CACHES = {
-    "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": REDIS_URL,
-        "KEY_FUNCTION": "django_tenants.cache.make_key",
-        "REVERSE_KEY_FUNCTION": "django_tenants.cache.reverse_key",
-    }
-}
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "asgi")},
-    }
-}
+CACHES = caches_for(REDIS_URL)
+CHANNEL_LAYERS = channel_layers_for(REDIS_URL, prefix=env_str("CHANNELS_PREFIX", "asgi"))
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
 

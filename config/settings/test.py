@@ -2,7 +2,7 @@ from urllib.parse import urlsplit
 
 from config.env import env_str
 from config.settings.base import *  # noqa: F403
-from config.settings.base import ALLOWED_HOSTS, CACHES, CHANNEL_LAYERS, REDIS_URL
+from config.settings.base import ALLOWED_HOSTS, REDIS_URL, caches_for, channel_layers_for
 
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -16,8 +16,8 @@ WORKER_HEARTBEAT_SECONDS = 1
 # Tests use their own Redis database, channel prefix and queue, so a running
 # `make run` on the same machine never sees test traffic (or the reverse).
 TEST_REDIS_URL = env_str("TEST_REDIS_URL", urlsplit(REDIS_URL)._replace(path="/15").geturl())
-CACHES["default"]["LOCATION"] = TEST_REDIS_URL
-CHANNEL_LAYERS["default"]["CONFIG"] = {"hosts": [TEST_REDIS_URL], "prefix": "asgi-test"}
+CACHES = caches_for(TEST_REDIS_URL)
+CHANNEL_LAYERS = channel_layers_for(TEST_REDIS_URL, prefix="asgi-test")
 CELERY_BROKER_URL = TEST_REDIS_URL
 CELERY_RESULT_BACKEND = TEST_REDIS_URL
 REDIS_URL = TEST_REDIS_URL
