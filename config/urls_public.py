@@ -1,8 +1,10 @@
 """The bare domain: landing, sign-up, log-in, organization picker, health and metrics."""
 
-from django.urls import include, path
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.accounts.views import LoginView, logout_view
+from apps.core.api import unauthenticated_api
 from apps.core.views import healthz, landing
 from apps.tenancy.views import org_open, org_picker, signup
 
@@ -14,5 +16,8 @@ urlpatterns = [
     path("orgs/", org_picker, name="org-picker"),
     path("orgs/<slug:slug>/", org_open, name="org-open"),
     path("healthz", healthz, name="healthz"),
+    path("api/schema/", SpectacularAPIView.as_view(urlconf="config.urls_tenant"), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    re_path(r"^api/v1/", unauthenticated_api),
     path("", include("django_prometheus.urls")),
 ]

@@ -1,7 +1,7 @@
 """An organization's own host (acme.<BASE_DOMAIN>). Every view here is members-only
 unless marked @outsiders_allowed; tests/test_isolation.py checks each one."""
 
-from django.urls import path
+from django.urls import include, path
 
 from apps.accounts.views import handoff, logout_view
 from apps.tenancy.views import dashboard
@@ -10,4 +10,5 @@ urlpatterns = [
     path("", dashboard, name="dashboard"),
     path("logout/", logout_view, name="tenant-logout"),
     path("auth/handoff/", handoff, name="handoff"),
+    path("api/v1/", include("config.urls_api")),
 ]

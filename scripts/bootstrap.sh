@@ -60,8 +60,10 @@ npm_stamp="node_modules/.stamp-$(cat package.json package-lock.json | sha1sum | 
 if [ ! -f "$npm_stamp" ] || [ ! -f static/vendor/htmx.min.js ]; then
   say "Installing browser assets from npm"
   npm ci --no-audit --no-fund --silent >/dev/null || die "npm ci failed"
-  mkdir -p static/vendor
+  mkdir -p static/vendor/swagger-ui
   cp node_modules/htmx.org/dist/htmx.min.js static/vendor/
+  cp node_modules/swagger-ui-dist/{swagger-ui-bundle.js,swagger-ui-standalone-preset.js,swagger-ui.css,favicon-32x32.png} \
+    static/vendor/swagger-ui/
   rm -f node_modules/.stamp-*
   touch "$npm_stamp"
 fi

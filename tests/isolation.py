@@ -20,12 +20,47 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver
 from django.urls.resolvers import RoutePattern
 
-from tests.conftest import World, client_for
+from tests.conftest import World, client_for, host
+
 
 # Parameter name -> a function that makes an object in the current (Alpha's)
 # schema and returns the value to put in the URL. A new URL parameter needs an
 # entry here, or the suite fails naming it: an endpoint cannot slip by untested.
-SAMPLE_VALUES: dict[str, Callable[[World], Any]] = {}
+def _alpha_member(world: World) -> int:
+    from apps.tenancy.models import Membership
+
+    return Membership.objects.get(organization=world.alpha, user=world.amy).pk
+
+
+def _alpha_invitation(world: World) -> int:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.tenancy.models import Invitation
+
+    invitation, _ = Invitation.objects.get_or_create(
+        organization=world.alpha,
+        email="invitee@alpha.test",
+        defaults={"token_hash": uuid.uuid4().hex, "expires_at": timezone.now() + timedelta(days=1)},
+    )
+    return invitation.pk
+
+
+def _alpha_api_key(world: World) -> int:
+    from apps.tenancy.models import ApiKey
+
+    api_key, _ = ApiKey.objects.get_or_create(
+        organization=world.alpha, prefix="isoalpha0001", defaults={"name": "sample", "secret_hash": "0" * 64}
+    )
+    return api_key.pk
+
+
+SAMPLE_VALUES: dict[str, Callable[[World], Any]] = {
+    "member_id": _alpha_member,
+    "invitation_id": _alpha_invitation,
+    "key_id": _alpha_api_key,
+}
 
 REFUSED = {400, 401, 403, 404, 405}
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -89,16 +124,45 @@ def find_leaks(urlconf: ModuleType, world: World) -> list[str]:
         "owner of beta": client_for(world.bob, world.alpha),
         "no organization": client_for(world.olga, world.alpha),
     }
+    # API keys of Beta with every scope: on Alpha's host, and on the public host
+    # (where the key selects Beta) asking for Alpha's objects.
+    beta_key = _beta_admin_key(world)
+    key_visitors: dict[str, Client] = {
+        "beta's admin key on alpha's host": Client(HTTP_HOST=host(world.alpha), HTTP_AUTHORIZATION=beta_key),
+        "beta's admin key on the API host": Client(HTTP_HOST=host(None), HTTP_AUTHORIZATION=beta_key),
+    }
     leaks = []
     for endpoint in tenant_endpoints(urlconf):
         with schema_context(world.alpha.schema_name):
             path = concrete_path(endpoint, world)
+        is_api = path.startswith("/api/")
         for method in METHODS:
-            for who, client in visitors.items():
+            for who, client in visitors.items() | (key_visitors.items() if is_api else {}.items()):
                 response = getattr(client, method)(path, data={} if method == "get" else None)
+                if who.endswith("on the API host") and _has_parameters(endpoint):
+                    # Beta's own collection is Beta's to see; Alpha's objects must be 404.
+                    if response.status_code not in {404, 405}:
+                        leaks.append(f"{method.upper()} {path} as {who}: {response.status_code}")
+                    continue
+                if who.endswith("on the API host"):
+                    continue
                 if not _refused(response):
                     leaks.append(f"{method.upper()} {path} as {who}: {response.status_code}")
     return leaks
+
+
+def _has_parameters(endpoint: Endpoint) -> bool:
+    return bool(_PARAMETER.search(endpoint.route))
+
+
+def _beta_admin_key(world: World) -> str:
+    from apps.tenancy import identity
+    from apps.tenancy.audit import Actor
+
+    _, raw = identity.api_key_create(
+        actor=Actor(user=world.bob), organization=world.beta, name="isolation", scopes=["admin"]
+    )
+    return f"Bearer {raw}"
 
 
 def sample_uuid(_: World) -> str:

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 
+from apps.core.api import api_error
 from apps.tenancy.db import tenant_connection
 from apps.tenancy.hosts import public_url
 from apps.tenancy.models import Organization
@@ -28,14 +29,30 @@ class TenantMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         tenant_connection().set_schema_to_public()
+        request.api_key = None  # type: ignore[attr-defined]
         resolution = resolve_request(request)
         request.tenant = resolution.organization  # type: ignore[attr-defined]
+        is_api = request.path.startswith("/api/")
+        if resolution.error is not None:
+            status, code, message = resolution.error
+            return api_error(status, code, message)
         if resolution.public:
             request.urlconf = settings.PUBLIC_SCHEMA_URLCONF  # type: ignore[attr-defined]
             return self.get_response(request)
         organization = resolution.organization
         if organization is None:
+            if is_api:
+                return api_error(404, "not_found", "No organization lives at this host.")
             return render(request, "404.html", {"unknown_host": True}, status=404)
+        if is_api and organization.status != Organization.Status.ACTIVE:
+            code = (
+                "organization_suspended"
+                if organization.status == Organization.Status.SUSPENDED
+                else "organization_unavailable"
+            )
+            return api_error(
+                403, code, f"{organization.name} is {organization.get_status_display().lower()}."
+            )
         if organization.status == Organization.Status.PROVISIONING:
             return render(request, "tenancy/provisioning.html", {"org": organization}, status=503)
         if organization.status != Organization.Status.ACTIVE:
@@ -77,6 +94,16 @@ class MembershipRequiredMiddleware:
         if getattr(view, "outsiders_allowed", False) or getattr(
             getattr(view, "view_class", None), "outsiders_allowed", False
         ):
+            return None
+        if request.path.startswith("/api/"):
+            # API keys were checked against this organization by the resolver;
+            # what each key may do is the view's permission check.
+            if getattr(request, "api_key", None) is not None:
+                return None
+            if not request.user.is_authenticated:
+                return api_error(401, "not_authenticated", "Log in or send an API key.")
+            if membership is None:
+                return api_error(403, "not_a_member", "You are not a member of this organization.")
             return None
         if not request.user.is_authenticated:
             query = urlencode({"next": request.build_absolute_uri()})
