@@ -1,5 +1,6 @@
 """The bare domain: landing, sign-up, log-in, organization picker, health and metrics."""
 
+from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -15,6 +16,10 @@ urlpatterns = [
     path("logout/", logout_view, name="logout"),
     path("orgs/", org_picker, name="org-picker"),
     path("orgs/<slug:slug>/", org_open, name="org-open"),
+    path("", include("apps.accounts.urls_account")),
+    path("", include("apps.accounts.urls_sso")),
+    path("", include("apps.tenancy.urls_public_pages")),
+    path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("api/schema/", SpectacularAPIView.as_view(urlconf="config.urls_tenant"), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

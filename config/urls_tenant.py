@@ -11,4 +11,5 @@ urlpatterns = [
     path("logout/", logout_view, name="tenant-logout"),
     path("auth/handoff/", handoff, name="handoff"),
     path("api/v1/", include("config.urls_api")),
+    path("", include("apps.tenancy.urls_pages")),
 ]

@@ -63,6 +63,8 @@ SHARED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.admin",
+    "social_django",
     "django_prometheus",
     "rest_framework",
     "django_filters",
