@@ -208,3 +208,45 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise PermissionError("Audit events are append-only.")
+
+
+class OrganizationSSO(models.Model):
+    """An organization's own OpenID Connect provider (Okta, Entra ID, Keycloak...).
+
+    The client secret is kept encrypted (apps/accounts/sso_crypto.py); read and
+    set it with `client_secret` / `set_client_secret`, never the column."""
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="sso")
+    issuer = models.URLField(max_length=500)
+    client_id = models.CharField(max_length=255)
+    client_secret_encrypted = models.TextField(blank=True)
+    # People whose verified email is at this domain may join by SSO (as members),
+    # and with `sso_required` may not log in with a password.
+    verified_domain = models.CharField(max_length=253, blank=True)
+    sso_required = models.BooleanField(default=False)
+    enabled = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints: ClassVar[list[models.BaseConstraint]] = [
+            # A domain belongs to one organization, so a login at it joins exactly one.
+            models.UniqueConstraint(
+                Lower("verified_domain"),
+                condition=~models.Q(verified_domain=""),
+                name="one_organization_per_sso_domain",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"SSO of {self.organization} ({self.issuer})"
+
+    @property
+    def client_secret(self) -> str:
+        from apps.accounts.sso_crypto import secret_decrypt
+
+        return secret_decrypt(self.client_secret_encrypted) if self.client_secret_encrypted else ""
+
+    def set_client_secret(self, secret: str) -> None:
+        from apps.accounts.sso_crypto import secret_encrypt
+
+        self.client_secret_encrypted = secret_encrypt(secret) if secret else ""
