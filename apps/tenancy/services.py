@@ -7,6 +7,7 @@ from django_tenants.utils import schema_context, schema_exists
 
 from apps.accounts.models import User
 from apps.tenancy import provisioning
+from apps.tenancy.audit import Actor, audit_record
 from apps.tenancy.hosts import organization_host
 from apps.tenancy.models import Domain, Membership, Organization
 from apps.tenancy.validators import schema_name_for_slug, validate_organization_slug
@@ -94,10 +95,20 @@ def organization_delete(*, organization: Organization) -> None:
 
 
 @transaction.atomic
-def signup(*, email: str, password: str, organization_name: str, slug: str) -> tuple[User, Organization]:
+def signup(
+    *, email: str, password: str, organization_name: str, slug: str, actor: Actor | None = None
+) -> tuple[User, Organization]:
     """A new person and their organization, with them as its owner."""
     if User.objects.filter(email__iexact=email.strip()).exists():
         raise ValidationError({"email": "An account with this email exists. Log in instead."})
     user = User.objects.create_user(email=email, password=password)
     organization = organization_create(name=organization_name, slug=slug, created_by=user)
+    context = actor or Actor()
+    audit_record(
+        actor=Actor(user=user, ip=context.ip, user_agent=context.user_agent, request_id=context.request_id),
+        organization=organization,
+        action="organization.created",
+        target=organization,
+        after={"name": organization.name, "slug": organization.slug, "owner": user.email},
+    )
     return user, organization

@@ -8,6 +8,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from apps.accounts.handoff import handoff_url
 from apps.notices.selectors import notices_recent
 from apps.tenancy import services
+from apps.tenancy.audit import Actor
 from apps.tenancy.forms import SignupForm
 from apps.tenancy.hosts import organization_url
 from apps.tenancy.selectors import organizations_of_user
@@ -24,6 +25,7 @@ def signup(request: HttpRequest) -> HttpResponse:
                 password=data["password"],
                 organization_name=data["organization_name"],
                 slug=data["slug"],
+                actor=Actor.from_request(request),
             )
         except ValidationError as exc:
             for field, messages in exc.message_dict.items():

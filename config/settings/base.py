@@ -89,6 +89,7 @@ TENANT_TEMPLATE_SCHEMA = "tenant_template"
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "apps.core.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files are the same for every host and need no tenant or database.
     "whitenoise.middleware.WhiteNoiseMiddleware",
