@@ -76,7 +76,7 @@ def test_anyone_may_leave(world: World) -> None:
 
 
 def test_an_invitation_is_accepted_once_by_its_addressee(world: World) -> None:
-    invitation, link = identity.invitation_create(
+    _, link = identity.invitation_create(
         actor=Actor(user=world.alice),
         organization=world.alpha,
         email="New@Person.test",
@@ -84,7 +84,7 @@ def test_an_invitation_is_accepted_once_by_its_addressee(world: World) -> None:
         accept_url_base="http://localhost",
     )
     token = link.rstrip("/").rsplit("/", 1)[1]
-    with pytest.raises(Forbidden, match="for new@person.test"):
+    with pytest.raises(Forbidden, match=r"for new@person\.test"):
         identity.invitation_accept(actor=Actor(user=world.olga), token=token)
     person = make_user("new@person.test")
     membership = identity.invitation_accept(actor=Actor(user=person), token=token)
