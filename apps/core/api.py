@@ -31,6 +31,9 @@ def api_error(
 ) -> JsonResponse:
     """An error answered before DRF runs (by middleware), in the same body DRF views use."""
     response = JsonResponse(error_body(code, message), status=status_code)
+    if status_code == 401:
+        # RFC 9110: a 401 names the scheme to authenticate with.
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
     for name, value in (headers or {}).items():
         response[name] = value
     return response
@@ -156,5 +159,4 @@ def unauthenticated_api(request: HttpRequest, *args: Any, **kwargs: Any) -> Json
         "not_authenticated",
         "Send an API key (Authorization: Bearer ayk_...), or call from your organization's host"
         " when logged in.",
-        headers={"WWW-Authenticate": 'Bearer realm="api"'},
     )
