@@ -40,7 +40,7 @@ def new_key(
     )
 
 
-def key_client(raw: str, organization: Organization | None = None, **extra: str) -> Client:
+def key_client(raw: str, organization: Organization | None = None, **extra: Any) -> Client:
     """A client that sends the key, on the public host (the key selects the organization)
     or on an organization's host."""
     return Client(HTTP_HOST=host(organization), HTTP_AUTHORIZATION=f"Bearer {raw}", **extra)
@@ -68,5 +68,6 @@ def error_of(response: Any) -> dict[str, Any]:
     assert set(body) == {"error"}, body
     error: dict[str, Any] = body["error"]
     assert set(error) == {"code", "message", "fields"}, error
-    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
     return error

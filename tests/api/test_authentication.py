@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from apps.tenancy import identity
 from apps.tenancy.audit import Actor
-from apps.tenancy.models import ApiKey, Organization
+from apps.tenancy.models import ApiKey, Invitation, Organization
 from tests.api.conftest import API, error_of, key_client, new_key, send_json
 from tests.conftest import World, client_for, host
 
@@ -133,7 +133,8 @@ def test_a_key_records_when_and_from_where_it_was_last_used(world: World) -> Non
     response = key_client(raw, REMOTE_ADDR="203.0.113.9").get(f"{API}/organization")
     assert response.status_code == 200
     api_key.refresh_from_db()
-    assert api_key.last_used_at is not None and api_key.last_used_at >= before
+    assert api_key.last_used_at is not None
+    assert api_key.last_used_at >= before
     assert api_key.last_used_ip == "203.0.113.9"
     # And it shows in the key's own listing.
     _, admin = new_key(world, ["api_keys:read"])
@@ -159,7 +160,7 @@ def test_a_session_post_without_a_csrf_token_is_refused(world: World) -> None:
     response = send_json(client, "post", "/invitations", {"email": "csrf@example.test"})
     assert response.status_code == 403
     assert "CSRF" in error_of(response)["message"]
-    assert not identity.Invitation.objects.filter(email="csrf@example.test").exists()
+    assert not Invitation.objects.filter(email="csrf@example.test").exists()
 
 
 def test_a_session_post_with_the_csrf_token_is_accepted(world: World) -> None:
