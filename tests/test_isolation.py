@@ -24,6 +24,7 @@ def test_no_tenant_endpoint_serves_people_from_outside_the_organization(world: W
 
 @pytest.mark.django_db
 def test_the_suite_enumerates_every_tenant_endpoint(world: World) -> None:
+    import apps.tenancy.urls_pages
     import config.urls_api
 
     routes = {endpoint.route for endpoint in tenant_endpoints(config.urls_tenant)}
@@ -33,7 +34,8 @@ def test_the_suite_enumerates_every_tenant_endpoint(world: World) -> None:
         if isinstance(entry, URLPattern)  # includes (the API) are checked below
     }
     api = {"api/v1/" + str(p.pattern) for p in config.urls_api.urlpatterns}
-    assert routes == top_level | api
+    pages = {str(p.pattern) for p in apps.tenancy.urls_pages.urlpatterns}
+    assert routes == top_level | api | pages
     assert "api/v1/members/<int:member_id>" in routes
 
 

@@ -1,3 +1,10 @@
-from django.urls import URLPattern, URLResolver
+"""Public-site pages of the tenancy app: accepting an invitation (the link in the email)."""
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from django.urls import URLPattern, URLResolver, path
+
+from apps.tenancy import pages
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("invitations/<str:token>/", pages.invitation_page, name="invitation"),
+    path("invitations/<str:token>/signup/", pages.invitation_signup_page, name="invitation-signup"),
+]
