@@ -12,4 +12,5 @@ urlpatterns = [
     path("auth/handoff/", handoff, name="handoff"),
     path("api/v1/", include("config.urls_api")),
     path("", include("apps.tenancy.urls_pages")),
+    path("", include("apps.tenancy.urls_sso_pages")),
 ]

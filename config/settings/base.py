@@ -221,3 +221,43 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django_tenants": {"level": "WARNING"}},
 }
+
+# --- Single sign-on (apps/accounts/sso_backends.py, pipeline.py) -------------
+# GitHub and Google are platform-wide and optional: their buttons show only when
+# both the client id and secret are set. Each organization's own OpenID Connect
+# provider is configured on its "Single sign-on" page (OrganizationSSO).
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "apps.accounts.sso_backends.GithubBackend",
+    "apps.accounts.sso_backends.GoogleBackend",
+    "apps.accounts.sso_backends.OrganizationOIDCBackend",
+]
+SOCIAL_AUTH_GITHUB_KEY = env_str("GITHUB_CLIENT_ID", "")
+SOCIAL_AUTH_GITHUB_SECRET = env_str("GITHUB_CLIENT_SECRET", "")
+SOCIAL_AUTH_GITHUB_BASE_URL = env_str("GITHUB_BASE_URL", "https://github.com")
+SOCIAL_AUTH_GITHUB_API_URL = env_str("GITHUB_API_URL", "https://api.github.com")
+SOCIAL_AUTH_GOOGLE_OAUTH2_KEY = env_str("GOOGLE_CLIENT_ID", "")
+SOCIAL_AUTH_GOOGLE_OAUTH2_SECRET = env_str("GOOGLE_CLIENT_SECRET", "")
+SOCIAL_AUTH_GOOGLE_AUTHORIZATION_URL = env_str(
+    "GOOGLE_AUTHORIZATION_URL", "https://accounts.google.com/o/oauth2/v2/auth"
+)
+SOCIAL_AUTH_GOOGLE_TOKEN_URL = env_str("GOOGLE_TOKEN_URL", "https://oauth2.googleapis.com/token")
+SOCIAL_AUTH_GOOGLE_USERINFO_URL = env_str(
+    "GOOGLE_USERINFO_URL", "https://openidconnect.googleapis.com/v1/userinfo"
+)
+# Encrypts organizations' OIDC client secrets at rest; derived from SECRET_KEY when unset.
+SSO_ENCRYPTION_KEY = env_str("SSO_ENCRYPTION_KEY", "")
+SOCIAL_AUTH_URL_NAMESPACE = "social"
+SOCIAL_AUTH_PIPELINE = (
+    "social_core.pipeline.social_auth.social_details",
+    "social_core.pipeline.social_auth.social_uid",
+    "social_core.pipeline.social_auth.auth_allowed",
+    "apps.accounts.pipeline.require_verified_email",
+    "social_core.pipeline.social_auth.social_user",
+    "apps.accounts.pipeline.associate_by_verified_email",
+    "apps.accounts.pipeline.create_user",
+    "social_core.pipeline.social_auth.associate_user",
+    "social_core.pipeline.social_auth.load_extra_data",
+    "apps.accounts.pipeline.record_login",
+)
+# --- end of single sign-on ---------------------------------------------------

@@ -1,0 +1,159 @@
+"""Single sign-on: an organization's provider settings, what a login via a
+provider changes (just-in-time membership, audit), and connected logins.
+
+Writes are keyword-only service functions that audit in the same transaction."""
+
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.db.models.functions import Lower
+from social_django.models import UserSocialAuth
+
+from apps.accounts.models import User, normalize_email
+from apps.core.errors import Conflict, Invalid, NotFound
+from apps.tenancy.audit import Actor, audit_record, summarize
+from apps.tenancy.models import Membership, Organization, OrganizationSSO
+
+SSO_FIELDS = ["issuer", "client_id", "verified_domain", "sso_required", "enabled"]
+
+
+def email_domain(email: str) -> str:
+    return normalize_email(email).rpartition("@")[2]
+
+
+def sso_for_organization(*, organization: Organization) -> OrganizationSSO | None:
+    return OrganizationSSO.objects.filter(organization=organization).first()
+
+
+def sso_required_for_email(*, email: str) -> OrganizationSSO | None:
+    """The organization whose SSO an address at its verified domain must use, if any."""
+    domain = email_domain(email)
+    if not domain:
+        return None
+    return (
+        OrganizationSSO.objects.select_related("organization")
+        .annotate(domain=Lower("verified_domain"))
+        .filter(domain=domain, sso_required=True, enabled=True)
+        .first()
+    )
+
+
+@transaction.atomic
+def sso_settings_save(
+    *,
+    actor: Actor,
+    organization: Organization,
+    issuer: str,
+    client_id: str,
+    client_secret: str,
+    verified_domain: str,
+    sso_required: bool,
+    enabled: bool,
+) -> OrganizationSSO:
+    """Create or change the organization's provider; an empty secret keeps the stored one."""
+    sso = OrganizationSSO.objects.select_for_update().filter(organization=organization).first()
+    before = summarize(sso, SSO_FIELDS) if sso else None
+    if sso is None:
+        sso = OrganizationSSO(organization=organization)
+    sso.issuer = issuer.strip().rstrip("/")
+    sso.client_id = client_id.strip()
+    sso.verified_domain = verified_domain.strip().lower().lstrip("@")
+    sso.sso_required = sso_required
+    sso.enabled = enabled
+    if client_secret:
+        sso.set_client_secret(client_secret)
+    if not sso.client_secret_encrypted:
+        raise Invalid("Enter the client secret your provider gave you.", field="client_secret")
+    if sso.sso_required and not sso.verified_domain:
+        raise Invalid(
+            "Requiring SSO needs a verified domain: whose logins would it apply to?", field="sso_required"
+        )
+    try:
+        with transaction.atomic():
+            sso.save()
+    except IntegrityError:
+        raise Conflict(
+            f"{sso.verified_domain} is already the verified domain of another organization.",
+            code="domain_taken",
+            field="verified_domain",
+        ) from None
+    after = summarize(sso, SSO_FIELDS)
+    if client_secret:
+        after["client_secret_changed"] = True
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="sso.updated" if before else "sso.configured",
+        target=sso,
+        before=before,
+        after=after,
+    )
+    return sso
+
+
+@dataclass(frozen=True)
+class SSOLogin:
+    user: User
+    organization: Organization | None
+    joined: bool
+
+
+@transaction.atomic
+def sso_login_record(
+    *, actor: Actor, user: User, provider: str, organization: Organization | None, is_new_user: bool
+) -> SSOLogin:
+    """Audit a login by a provider and, for an organization's SSO with a verified
+    email at its verified domain, make the person a member (role member)."""
+    joined = False
+    if organization is not None:
+        sso = sso_for_organization(organization=organization)
+        at_domain = (
+            sso is not None and sso.verified_domain and email_domain(user.email) == sso.verified_domain
+        )
+        if at_domain:
+            membership, joined = Membership.objects.get_or_create(
+                user=user, organization=organization, defaults={"role": Membership.Role.MEMBER}
+            )
+            if joined:
+                audit_record(
+                    actor=actor,
+                    organization=organization,
+                    action="member.joined_via_sso",
+                    target=membership,
+                    after=summarize(membership, ["role"]) | {"email": user.email},
+                )
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="auth.sso_login",
+        target=user,
+        after={"provider": provider, "email": user.email, "new_user": is_new_user},
+    )
+    return SSOLogin(user=user, organization=organization, joined=joined)
+
+
+def social_logins_of(*, user: User) -> list[UserSocialAuth]:
+    return list(UserSocialAuth.objects.filter(user=user).order_by("provider", "pk"))
+
+
+@transaction.atomic
+def social_login_disconnect(*, actor: Actor, user: User, social_id: int) -> None:
+    """Remove a connected login, unless it is the last way the person can log in."""
+    User.objects.select_for_update().filter(pk=user.pk).first()  # one disconnect at a time per person
+    logins = list(UserSocialAuth.objects.filter(user=user))
+    login = next((entry for entry in logins if entry.pk == social_id), None)
+    if login is None:
+        raise NotFound("No such connected login.")
+    if len(logins) == 1 and not user.has_usable_password():
+        raise Conflict(
+            "This is your only way to log in: set a password or connect another login first.",
+            code="last_login_method",
+        )
+    audit_record(
+        actor=actor,
+        organization=None,
+        action="auth.social_disconnected",
+        target=user,
+        before={"provider": login.provider, "uid": login.uid},
+    )
+    login.delete()

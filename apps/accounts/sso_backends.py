@@ -1,0 +1,107 @@
+"""The one adapter to outside identity providers: GitHub, Google and each
+organization's own OpenID Connect provider.
+
+Every endpoint comes from settings (or, for an organization's provider, from its
+issuer's discovery document), so tests point them at a loopback fake and run
+this code unchanged.
+"""
+
+from typing import Any
+from urllib.parse import urljoin
+
+from django.conf import settings
+from django.http import HttpResponse
+from social_core.backends.github import GithubOAuth2
+from social_core.backends.google import GoogleOAuth2
+from social_core.backends.open_id_connect import OpenIdConnectAuth
+from social_core.exceptions import AuthSessionError
+
+from apps.tenancy.models import OrganizationSSO
+
+# The session remembers which organization's provider a login started with.
+SSO_ORGANIZATION_SESSION_KEY = "sso_organization"
+
+
+class GithubBackend(GithubOAuth2[HttpResponse]):
+    name = "github"
+    title = "GitHub"
+    # Always read /user/emails: only a primary, verified address identifies a person.
+    DEFAULT_SCOPE = ["read:user", "user:email"]
+
+    def authorization_url(self) -> str:
+        return urljoin(_with_slash(settings.SOCIAL_AUTH_GITHUB_BASE_URL), "login/oauth/authorize")
+
+    def access_token_url(self) -> str:
+        return urljoin(_with_slash(settings.SOCIAL_AUTH_GITHUB_BASE_URL), "login/oauth/access_token")
+
+    def api_url(self) -> str:
+        return _with_slash(settings.SOCIAL_AUTH_GITHUB_API_URL)
+
+
+class GoogleBackend(GoogleOAuth2[HttpResponse]):
+    name = "google-oauth2"
+    title = "Google"
+
+    def authorization_url(self) -> str:
+        return str(settings.SOCIAL_AUTH_GOOGLE_AUTHORIZATION_URL)
+
+    def access_token_url(self) -> str:
+        return str(settings.SOCIAL_AUTH_GOOGLE_TOKEN_URL)
+
+    def user_data(self, access_token: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        response = self.get_json(
+            settings.SOCIAL_AUTH_GOOGLE_USERINFO_URL,
+            headers={"Authorization": f"Bearer {access_token}"},
+        )
+        self.validate_email_verified(response)
+        return dict(response)
+
+
+class OrganizationOIDCBackend(OpenIdConnectAuth[HttpResponse]):
+    """Generic OpenID Connect; the issuer and client come from the organization
+    whose SSO login started this flow (its slug is kept in the session)."""
+
+    name = "oidc"
+    title = "Single sign-on"
+    JWT_ALGORITHMS = ["RS256"]
+    _sso: OrganizationSSO | None = None
+
+    def organization_sso(self) -> OrganizationSSO:
+        if self._sso is None:
+            slug = self.strategy.session_get(SSO_ORGANIZATION_SESSION_KEY)
+            self._sso = (
+                OrganizationSSO.objects.select_related("organization")
+                .filter(organization__slug=slug or "", enabled=True)
+                .first()
+            )
+            if self._sso is None:
+                raise AuthSessionError(self, "organization", code="session_context_missing", stage="callback")
+        return self._sso
+
+    def oidc_endpoint(self) -> str:
+        return self.organization_sso().issuer.rstrip("/")
+
+    def get_key_and_secret(self) -> tuple[str, str]:
+        sso = self.organization_sso()
+        return sso.client_id, sso.client_secret
+
+
+def _with_slash(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
+
+
+def platform_providers() -> list[tuple[str, str]]:
+    """(backend name, title) of the platform-wide providers that have credentials."""
+    providers = []
+    if settings.SOCIAL_AUTH_GITHUB_KEY and settings.SOCIAL_AUTH_GITHUB_SECRET:
+        providers.append((GithubBackend.name, GithubBackend.title))
+    if settings.SOCIAL_AUTH_GOOGLE_OAUTH2_KEY and settings.SOCIAL_AUTH_GOOGLE_OAUTH2_SECRET:
+        providers.append((GoogleBackend.name, GoogleBackend.title))
+    return providers
+
+
+PROVIDER_TITLES = {
+    GithubBackend.name: GithubBackend.title,
+    GoogleBackend.name: GoogleBackend.title,
+    OrganizationOIDCBackend.name: OrganizationOIDCBackend.title,
+}
