@@ -8,13 +8,14 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from apps.accounts.handoff import handoff_redeem, handoff_url
+from apps.accounts.lockout import LoginThrottleMixin
 from apps.accounts.sso_forms import SSOAwareLoginForm
 from apps.tenancy.hosts import is_safe_redirect, organization_url, public_url
 from apps.tenancy.middleware import outsiders_allowed
 from apps.tenancy.selectors import organizations_of_user
 
 
-class LoginView(DjangoLoginView):
+class LoginView(LoginThrottleMixin, DjangoLoginView):
     template_name = "accounts/login.html"
     form_class = SSOAwareLoginForm
     redirect_authenticated_user = True

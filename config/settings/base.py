@@ -261,3 +261,11 @@ SOCIAL_AUTH_PIPELINE = (
     "apps.accounts.pipeline.record_login",
 )
 # --- end of single sign-on ---------------------------------------------------
+
+# --- Login throttling (apps/accounts/lockout.py) ------------------------------
+# Failed logins within the window lock the email (or the client IP) for a while.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+LOGIN_IP_FAILURE_LIMIT = env_int("LOGIN_IP_FAILURE_LIMIT", 20)
+LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60)
+LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 15 * 60)
+# --- end of login throttling --------------------------------------------------
