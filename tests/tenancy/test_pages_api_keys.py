@@ -42,7 +42,7 @@ def test_other_roles_are_refused_with_403(world: World, role: str) -> None:
     assert "<code>api_keys.view</code>" in response.content.decode()
     create = client.post("/settings/api-keys/new/", {"name": "x", "scopes": ["admin"]})
     assert create.status_code == 403
-    assert not ApiKey.objects.filter(organization=world.alpha).exists()
+    assert not ApiKey.objects.filter(organization=world.alpha, name="x").exists()
 
 
 def test_the_sidebar_offers_the_page_only_to_those_who_may_open_it(world: World) -> None:
@@ -111,7 +111,7 @@ def test_bad_input_is_explained(world: World, data: dict[str, object], message: 
     assert response.status_code == 400
     assert message in response.content.decode()
     assert 'value="ayk_' not in response.content.decode()
-    assert not ApiKey.objects.filter(organization=world.alpha).exists()
+    assert not ApiKey.objects.filter(organization=world.alpha, name=data["name"]).exists()
 
 
 def test_revoking_a_key_and_revoking_it_twice(world: World) -> None:

@@ -121,7 +121,7 @@ def test_bad_invitations_are_explained(world: World, data: dict[str, str], messa
     response = client_for(world.alice, world.alpha).post("/settings/members/invite/", data)
     assert response.status_code == 400
     assert message in response.content.decode()
-    assert not Invitation.objects.filter(organization=world.alpha).exists()
+    assert not Invitation.objects.filter(organization=world.alpha, email=data["email"]).exists()
 
 
 def test_an_admin_cannot_invite_an_owner(world: World) -> None:
