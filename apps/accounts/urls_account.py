@@ -1,3 +1,7 @@
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from apps.accounts.account_views import account_settings
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("account/", account_settings, name="account-settings"),
+]

@@ -1,0 +1,58 @@
+"""A person's own account: name, email and password, each change audited with it."""
+
+from django.contrib.auth.forms import SetPasswordForm
+from django.db import IntegrityError, transaction
+
+from apps.accounts.models import User, normalize_email
+from apps.core.errors import Conflict, Invalid
+from apps.tenancy.audit import Actor, audit_record
+
+
+def email_taken(*, email: str, by_other_than: User) -> bool:
+    return User.objects.filter(email__iexact=normalize_email(email)).exclude(pk=by_other_than.pk).exists()
+
+
+@transaction.atomic
+def account_update(*, actor: Actor, user: User, name: str, email: str) -> User:
+    """Change the name and email; the caller has checked the current password for an email change."""
+    locked = User.objects.select_for_update().get(pk=user.pk)
+    name, email = name.strip(), normalize_email(email)
+    if not email:
+        raise Invalid("Enter an email address.", field="email")
+    if email_taken(email=email, by_other_than=locked):
+        raise Conflict("Another account uses this email.", code="email_taken", field="email")
+    old_name, old_email = locked.name, locked.email
+    locked.name, locked.email = name, email
+    try:
+        with transaction.atomic():
+            locked.save(update_fields=["name", "email"])
+    except IntegrityError:  # taken a moment ago
+        raise Conflict("Another account uses this email.", code="email_taken", field="email") from None
+    if old_email != email:
+        audit_record(
+            actor=actor,
+            organization=None,
+            action="account.email_changed",
+            target=locked,
+            before={"email": old_email},
+            after={"email": email},
+        )
+    if old_name != name:
+        audit_record(
+            actor=actor,
+            organization=None,
+            action="account.name_changed",
+            target=locked,
+            before={"name": old_name},
+            after={"name": name},
+        )
+    user.name, user.email = locked.name, locked.email
+    return locked
+
+
+@transaction.atomic
+def account_password_change(*, actor: Actor, form: "SetPasswordForm[User]") -> User:
+    """Save a valid (Set)PasswordChangeForm; the caller keeps the session with update_session_auth_hash."""
+    user = form.save()
+    audit_record(actor=actor, organization=None, action="account.password_changed", target=user)
+    return user
