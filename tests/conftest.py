@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 
@@ -57,8 +58,31 @@ def _organization(slug: str, owner: User, member: User) -> Organization:
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[World]:
+def django_db_setup(
+    request: pytest.FixtureRequest,
+    django_test_environment: None,
+    django_db_blocker: Any,
+    django_db_keepdb: bool,
+    django_db_modify_db_settings: None,
+) -> Iterator[World]:
+    """The test database and its committed world.
+
+    pytest-django's own fixture creates the test database only when a collected
+    test carries its `django_db` marker; the live-server tests use `live_db`
+    instead, so run alone they would have used the development database. This
+    one always sets it up, and refuses to write anywhere but a test database."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    verbosity = int(request.config.option.verbose)
     with django_db_blocker.unblock():
+        databases = setup_databases(
+            verbosity=verbosity, interactive=False, keepdb=django_db_keepdb, aliases={"default": True}
+        )
+        name = str(connection.settings_dict["NAME"])
+        if not name.startswith("test_"):
+            raise RuntimeError(f"refusing to write test data into the database {name!r}")
+        # The tests' own Redis database: no login lockout or throttle left from an earlier run.
+        cache.clear()
         alice = make_user("alice@alpha.test", "Alice")
         amy = make_user("amy@alpha.test", "Amy")
         bob = make_user("bob@beta.test", "Bob")
@@ -74,13 +98,15 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[W
             olga=olga,
         )
     yield world
-    # The live server's threads keep connections open; the test database can
-    # only be dropped once they are gone.
-    with django_db_blocker.unblock(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+    with django_db_blocker.unblock():
+        # The live server's threads keep connections open; the test database can
+        # only be dropped once they are gone.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        teardown_databases(databases, verbosity=verbosity, keepdb=django_db_keepdb)
 
 
 @pytest.fixture

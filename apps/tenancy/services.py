@@ -58,8 +58,8 @@ def organization_create(
 def organization_provision(*, organization_id: int) -> Organization:
     """Give the organization its schema and mark it active. Safe to run twice."""
     organization = Organization.objects.get(pk=organization_id)
-    if organization.status == Organization.Status.ACTIVE:
-        return organization
+    if organization.status not in {Organization.Status.PROVISIONING, Organization.Status.FAILED}:
+        return organization  # done already, or suspended: provisioning must not reactivate it
     try:
         with transaction.atomic():
             if not schema_exists(organization.schema_name):

@@ -63,7 +63,7 @@ SHARED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "django.contrib.admin",
+    "apps.core.admin_config.AgentyardAdminConfig",  # django.contrib.admin, login throttled
     "social_django",
     "django_prometheus",
     "rest_framework",

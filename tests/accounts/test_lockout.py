@@ -101,3 +101,20 @@ def test_an_empty_form_is_not_counted_as_a_guess(world: World, ip: str) -> None:
         assert _login(ip, "amy@alpha.test", "").status_code == 200
     assert _login(ip, "amy@alpha.test", PASSWORD).status_code == 302
     assert not AuditEvent.objects.filter(action="auth.login_failed").exists()
+
+
+def test_the_back_office_login_locks_out_guessing_too(world: World, ip: str) -> None:
+    from apps.accounts.models import User
+
+    User.objects.filter(pk=world.bob.pk).update(is_staff=True)
+    client = Client(HTTP_HOST=host(), REMOTE_ADDR=ip)
+    for _ in range(5):
+        response = client.post("/admin/login/", {"username": "bob@beta.test", "password": "wrong"})
+    assert response.status_code == 429
+    assert "Too many failed attempts for this account" in response.content.decode()
+    locked = client.post("/admin/login/?next=/admin/", {"username": "bob@beta.test", "password": PASSWORD})
+    assert locked.status_code == 429
+    lockout_clear(email="bob@beta.test")
+    allowed = client.post("/admin/login/?next=/admin/", {"username": "bob@beta.test", "password": PASSWORD})
+    assert allowed.status_code == 302
+    assert allowed["Location"] == "/admin/"
