@@ -3,7 +3,7 @@
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
@@ -11,7 +11,7 @@ from django.shortcuts import render
 
 from apps.tenancy.roles import ACTIONS, role_allows
 
-View = Callable[..., HttpResponseBase]
+View = TypeVar("View", bound=Callable[..., HttpResponseBase])
 
 
 def forbidden_page(request: HttpRequest, action_key: str) -> HttpResponse:
@@ -44,6 +44,6 @@ def require_action(action_key: str) -> Callable[[View], View]:
             return view(request, *args, **kwargs)
 
         wrapper.required_action = action_key  # type: ignore[attr-defined]
-        return wrapper
+        return cast(View, wrapper)
 
     return decorator

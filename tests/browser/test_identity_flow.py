@@ -12,11 +12,12 @@ from playwright.sync_api import expect
 
 from apps.accounts.models import User
 from apps.tenancy.models import ApiKey, Invitation
-from tests.conftest import LiveServer, World, wait_for
+from tests.conftest import ARTIFACTS, LiveServer, World, wait_for
 
 pytestmark = pytest.mark.browser
 
 PASSWORD = "a long and unusual passphrase"
+SCREENSHOTS = ARTIFACTS / "screenshots"
 KEY_NAME = "Browser test key"
 
 
@@ -64,6 +65,8 @@ def test_invite_accept_create_and_revoke_a_key_then_read_the_audit_log(
     expect(page.get_by_test_id("invitation-row").filter(has_text=invitee_email)).to_be_visible()
     link = _invitation_link(invitee_email)
     expect(page.get_by_role("textbox", name="Invitation link")).to_have_value(link)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "identity_members_after_invite.png"), full_page=True)
 
     # Accept in a second browser, as a newcomer.
     newcomer = browser.new_context(viewport={"width": 390, "height": 844})  # a phone, for the layout
@@ -73,6 +76,7 @@ def test_invite_accept_create_and_revoke_a_key_then_read_the_audit_log(
         other.goto(link)
         expect(other.get_by_role("heading", level=1)).to_have_text("Join Alpha")
         expect(other.get_by_text("Alice (alice@alpha.test) invited")).to_be_visible()
+        other.screenshot(path=str(SCREENSHOTS / "identity_invitation_phone.png"), full_page=True)
         other.get_by_label("Your name").fill("Nina")
         other.get_by_label("Choose a password").fill(PASSWORD)
         other.get_by_role("button", name="Sign up and join").click()
@@ -96,6 +100,7 @@ def test_invite_accept_create_and_revoke_a_key_then_read_the_audit_log(
     page.get_by_role("button", name="Copy secret key").click()
     expect(page.locator("#api-key-secret-status")).to_have_text("Copied to the clipboard.")
     secret = secret_field.input_value()
+    page.screenshot(path=str(SCREENSHOTS / "identity_api_key_secret.png"), full_page=True)
     assert page.evaluate("navigator.clipboard.readText()") == secret
 
     page.get_by_role("link", name="API keys").click()
