@@ -111,8 +111,11 @@ class OrganizationView(APIView):
     def patch(self, request: Request) -> Response:
         organization = Organization.objects.get(pk=_tenant(request).pk)
         expected = _precondition(request, organization.updated_at)
-        data = OrganizationIn(data=request.data)
+        # PATCH changes only the fields sent, as the schema's PatchedOrganizationInRequest says.
+        data = OrganizationIn(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
+        if "name" not in data.validated_data:
+            return _versioned(Response(OrganizationOut(organization).data), organization.updated_at)
         updated = identity.organization_update(
             actor=_actor(request),
             organization=organization,
@@ -120,27 +123,6 @@ class OrganizationView(APIView):
             if_unmodified_since=expected,
         )
         return _versioned(Response(OrganizationOut(updated).data), updated.updated_at)
-
-
-class TransferIn(StrictSerializer):
-    member_id = serializers.IntegerField()
-
-
-class OwnershipTransferView(APIView):
-    actions = {"POST": "members.transfer_ownership"}
-
-    @extend_schema(request=TransferIn, responses=OpenApiResponse(description="The new owner"))
-    def post(self, request: Request) -> Response:
-        data = TransferIn(data=request.data)
-        data.is_valid(raise_exception=True)
-        organization = _tenant(request)
-        target = Membership.objects.filter(
-            organization=organization, pk=data.validated_data["member_id"]
-        ).first()
-        if target is None:
-            raise serializers.ValidationError({"member_id": ["No such member."]})
-        membership = identity.ownership_transfer(actor=_actor(request), organization=organization, to=target)
-        return Response(MemberOut(membership).data)
 
 
 # Members --------------------------------------------------------------------
@@ -209,8 +191,10 @@ class MemberDetail(APIView):
     def patch(self, request: Request, member_id: int) -> Response:
         membership = self._get(request, member_id)
         expected = _precondition(request, membership.updated_at)
-        data = MemberIn(data=request.data)
+        data = MemberIn(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
+        if "role" not in data.validated_data:
+            return _versioned(Response(MemberOut(membership).data), membership.updated_at)
         updated = identity.member_change_role(
             actor=_actor(request),
             membership=membership,
@@ -223,6 +207,31 @@ class MemberDetail(APIView):
     def delete(self, request: Request, member_id: int) -> Response:
         identity.member_remove(actor=_actor(request), membership=self._get(request, member_id))
         return Response(status=204)
+
+
+class TransferIn(StrictSerializer):
+    member_id = serializers.IntegerField()
+
+
+class OwnershipTransferView(APIView):
+    actions = {"POST": "members.transfer_ownership"}
+
+    @extend_schema(
+        request=TransferIn,
+        responses={200: OpenApiResponse(MemberOut, description="The new owner")},
+        operation_id="organization_transfer_ownership",
+    )
+    def post(self, request: Request) -> Response:
+        data = TransferIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        organization = _tenant(request)
+        target = Membership.objects.filter(
+            organization=organization, pk=data.validated_data["member_id"]
+        ).first()
+        if target is None:
+            raise serializers.ValidationError({"member_id": ["No such member."]})
+        membership = identity.ownership_transfer(actor=_actor(request), organization=organization, to=target)
+        return Response(MemberOut(membership).data)
 
 
 # Invitations ----------------------------------------------------------------
@@ -276,7 +285,7 @@ class InvitationList(generics.ListAPIView[Invitation]):
 class InvitationDetail(APIView):
     actions = {"DELETE": "members.invite"}
 
-    @extend_schema(responses=InvitationOut, operation_id="invitation_revoke")
+    @extend_schema(responses={200: InvitationOut}, operation_id="invitation_revoke")
     def delete(self, request: Request, invitation_id: int) -> Response:
         invitation = Invitation.objects.filter(organization=_tenant(request), pk=invitation_id).first()
         if invitation is None:
@@ -364,7 +373,7 @@ class ApiKeyDetail(APIView):
     def get(self, request: Request, key_id: int) -> Response:
         return Response(ApiKeyOut(self._get(request, key_id)).data)
 
-    @extend_schema(responses=ApiKeyOut, operation_id="api_key_revoke")
+    @extend_schema(responses={200: ApiKeyOut}, operation_id="api_key_revoke")
     def delete(self, request: Request, key_id: int) -> Response:
         revoked = identity.api_key_revoke(actor=_actor(request), api_key=self._get(request, key_id))
         return Response(ApiKeyOut(revoked).data)

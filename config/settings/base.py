@@ -269,3 +269,8 @@ LOGIN_IP_FAILURE_LIMIT = env_int("LOGIN_IP_FAILURE_LIMIT", 20)
 LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 15 * 60)
 # --- end of login throttling --------------------------------------------------
+
+# --- REST API schema (tests/api owner) ---------------------------------------
+# Every operation documents its error responses with the shared error body.
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "apps.core.openapi.ApiAutoSchema"
+# --- end of REST API schema ---------------------------------------------------
