@@ -37,10 +37,15 @@ def resolve_by_host(request: HttpRequest) -> Resolution | None:
     return Resolution(public=False, organization=organization_for_host(hostname))
 
 
+# The organization API's own paths. The schema and its docs (/api/schema/, /api/docs/)
+# live on the public host: a client that sends its key everywhere must still reach them.
+API_KEY_PATH_PREFIX = "/api/v1/"
+
+
 def resolve_by_api_key(request: HttpRequest) -> Resolution | None:
-    """`Authorization: Bearer ayk_...` on /api/: the key's organization, whatever the host."""
+    """`Authorization: Bearer ayk_...` on /api/v1/: the key's organization, whatever the host."""
     header = request.headers.get("Authorization", "")
-    if not request.path.startswith("/api/") or not header.lower().startswith("bearer "):
+    if not request.path.startswith(API_KEY_PATH_PREFIX) or not header.lower().startswith("bearer "):
         return None
     check = key_check(header[7:].strip())
     if check.api_key is None:

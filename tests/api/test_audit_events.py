@@ -86,3 +86,22 @@ def test_the_audit_log_needs_the_audit_scope(world: World) -> None:
         response = key_client(raw).get(API + path)
         assert response.status_code == 403
         assert "audit:read" in error_of(response)["message"]
+
+
+@pytest.mark.parametrize(
+    ("since", "status"),
+    [
+        # An offset PostgreSQL refuses (beyond ±15:59) but ISO 8601 allows: was a 500.
+        ("0971-11-25T09:07:57.051002-18:44", 200),
+        # Before the first day of the calendar once in UTC.
+        ("0001-01-01T00:00:00+05:00", 400),
+        ("9999-12-31T23:59:59-05:00", 400),
+    ],
+)
+def test_a_since_at_the_edge_of_the_calendar_is_answered_without_a_500(
+    world: World, admin_client: Client, since: str, status: int
+) -> None:
+    response = admin_client.get(f"{API}/audit-events", {"since": since})
+    assert response.status_code == status
+    if status == 400:
+        assert error_of(response)["fields"] == {"since": ["This date is out of range."]}

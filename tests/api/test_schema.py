@@ -54,6 +54,15 @@ def test_the_schema_is_served_on_the_public_host(world: object) -> None:
     } <= set(paths)
 
 
+def test_the_schema_and_docs_are_served_to_a_client_that_sends_its_key(world: object) -> None:
+    from tests.api.conftest import key_client, new_key
+
+    _, raw = new_key(world, ["organization:read"])  # type: ignore[arg-type]
+    client = key_client(raw)
+    assert client.get("/api/schema/").status_code == 200
+    assert client.get("/api/docs/").status_code == 200
+
+
 def test_every_operation_documents_its_errors_with_the_error_body(world: object) -> None:
     schema = _schema()
     paths = schema["paths"]
