@@ -35,6 +35,7 @@ pytest:
 
 bench: bootstrap
 	@$(PY) -m scripts.services exec -- $(PY) -m bench.provisioning
+	@$(PY) -m scripts.services exec -- $(PY) -m bench.api
 
 requirements:
 	.venv/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links requirements/base.in -o requirements/base.txt
