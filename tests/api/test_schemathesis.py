@@ -113,27 +113,27 @@ def _schemathesis(server: LiveServer, base_url: str, headers: list[str]) -> subp
     # headers below with it, and the Host header names the organization's host.
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/api/schema/?format=json") as response:
         schema = response.read()
-    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as file:
-        file.write(schema)
-    command = [
-        sys.executable, "-c", "import sys; from schemathesis.cli import schemathesis as st; sys.exit(st())",
-        "run", file.name,
-        "--url", base_url,
-        "--checks", CHECKS,
-        "--max-examples", MAX_EXAMPLES,
-        "--phases", "examples,coverage,fuzzing,stateful",
-        "--seed", "20240601",
-        "--no-shrink",
-        "--workers", "1",
-        "--request-timeout", "15",
-        "--output-truncate", "true",
-    ]  # fmt: skip
-    for header in headers:
-        command += ["--header", header]
-    try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
-    finally:
-        os.unlink(file.name)
+    # Its own working directory: schemathesis keeps state (.schemathesis/) where it runs.
+    with tempfile.TemporaryDirectory(prefix="schemathesis-") as workdir:
+        schema_file = os.path.join(workdir, "schema.json")
+        with open(schema_file, "wb") as file:
+            file.write(schema)
+        command = [
+            sys.executable, "-c", "from schemathesis.cli import schemathesis as st; st()",
+            "run", schema_file,
+            "--url", base_url,
+            "--checks", CHECKS,
+            "--max-examples", MAX_EXAMPLES,
+            "--phases", "examples,coverage,fuzzing,stateful",
+            "--seed", "20240601",
+            "--no-shrink",
+            "--workers", "1",
+            "--request-timeout", "15",
+            "--output-truncate", "true",
+        ]  # fmt: skip
+        for header in headers:
+            command += ["--header", header]
+        return subprocess.run(command, capture_output=True, text=True, timeout=240, check=False, cwd=workdir)
 
 
 def _assert_clean(result: subprocess.CompletedProcess[str]) -> None:
