@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from bench.provisioning import DEFAULT_DATABASE_URL, database_recreate, database_url, progress, quiet
@@ -98,10 +99,19 @@ def world_create() -> str:
 # (b) in-process --------------------------------------------------------------
 
 
-def resolutions(raw: str, count: int) -> list[float]:
-    """Microseconds per key_check, the connection already open (as in a warm worker)."""
-    from apps.tenancy.api_keys import key_check
+def resolutions(raw: str, count: int, *, cached: bool) -> list[float]:
+    """Microseconds per key_check, the connection already open (as in a warm worker):
+    through the per-process cache of verified keys, or always from the database."""
+    from django.test import override_settings
 
+    from apps.tenancy.api_keys import _verified, key_check
+
+    _verified.clear()
+    with override_settings(API_KEY_CACHE_SECONDS=60 if cached else 0):
+        return _resolutions(key_check, raw, count)
+
+
+def _resolutions(key_check: Any, raw: str, count: int) -> list[float]:
     for _ in range(50):  # warm up: connection, query plan, caches
         key_check(raw)
     timings = []
@@ -267,10 +277,15 @@ def met(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def table(load: LoadResult, workers: int, connections: int, timings: list[float], queries: list[str]) -> str:
+def table(
+    load: LoadResult,
+    workers: int,
+    connections: int,
+    timings: dict[str, list[float]],
+    queries: list[str],
+) -> str:
     rps_ok = load.rps >= GOAL_RPS
     p99_ok = load.p99_ms <= GOAL_P99_MS
-    p50_us, p99_us = statistics.median(timings), percentile(timings, 0.99)
     lines = [
         f"API: GET {PATH} with an API key, uvicorn --workers {workers}, DEBUG off,"
         f" {connections} connections, {os.cpu_count()} CPUs",
@@ -282,8 +297,14 @@ def table(load: LoadResult, workers: int, connections: int, timings: list[float]
         f" p99 <= {GOAL_P99_MS:.0f} ms {met(p99_ok)}",
         "",
         f"{'key -> organization':<28}{'calls':>10}{'p50 us':>10}{'p99 us':>10}{'':>9}   goal",
-        f"{'key_check, in-process':<28}{len(timings):>10}{p50_us:>10.0f}{p99_us:>10.0f}{'':>9}"
-        f"   p50 <= {GOAL_RESOLUTION_P50_US:.0f} us {met(p50_us <= GOAL_RESOLUTION_P50_US)}",
+    ]
+    for label, samples in timings.items():
+        p50_us, p99_us = statistics.median(samples), percentile(samples, 0.99)
+        lines.append(
+            f"{label:<28}{len(samples):>10}{p50_us:>10.0f}{p99_us:>10.0f}{'':>9}"
+            f"   p50 <= {GOAL_RESOLUTION_P50_US:.0f} us {met(p50_us <= GOAL_RESOLUTION_P50_US)}"
+        )
+    lines += [
         "",
         f"SQL queries per warm API request: {len(queries)}",
     ]
@@ -314,10 +335,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "LOG_LEVEL": "WARNING",
         # The throttle stays on (its Redis round trip is part of every request), far above the load.
         "API_RATE_LIMIT": "100000000/min",
-        # Under ASGI every request runs in a thread of its own, and Django's connections are
-        # per thread: with CONN_MAX_AGE > 0 (the default, 60) they pile up until PostgreSQL
-        # refuses clients ("too many clients already"). Django's advice for ASGI: 0.
-        "DATABASE_CONN_MAX_AGE": os.environ.get("DATABASE_CONN_MAX_AGE", "0"),
     }
     # Django reads these once, at setup: they must be in place before it; the server gets the same.
     os.environ.update(overrides)
@@ -332,7 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with quiet():
             call_command("migrate", interactive=False, verbosity=0)
         raw = world_create()
-        timings = resolutions(raw, args.resolutions)
+        timings = {
+            "key_check, from the database": resolutions(raw, args.resolutions, cached=False),
+            "key_check, verified cache": resolutions(raw, args.resolutions, cached=True),
+        }
         queries = queries_per_request(raw)
         connections.close_all()
 

@@ -88,7 +88,7 @@ def organizations_create(prefix: str, count: int) -> list[float]:
     seconds = []
     for index in range(count):
         # What Celery's Django fix-up does around every task: the connection is
-        # reused until DATABASE_CONN_MAX_AGE, as in a busy worker.
+        # returned to its pool between tasks, as in a busy worker.
         close_old_connections()
 
         def create_and_provision(index: int = index) -> None:

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from apps.accounts.models import User, normalize_email
 from apps.core.errors import Conflict, Forbidden, Gone, Invalid, NotFound, Stale
-from apps.tenancy.api_keys import key_generate, key_hash
+from apps.tenancy.api_keys import key_forget, key_generate, key_hash
 from apps.tenancy.audit import Actor, audit_record, summarize
 from apps.tenancy.models import ApiKey, Invitation, Membership, Organization
 from apps.tenancy.roles import ADMIN_SCOPE, SCOPES
@@ -300,6 +300,7 @@ def api_key_revoke(*, actor: Actor, api_key: ApiKey) -> ApiKey:
         return locked  # revoking twice changes nothing
     locked.revoked_at = timezone.now()
     locked.save(update_fields=["revoked_at"])
+    key_forget(locked)  # forgetting early is harmless even if this transaction rolls back
     audit_record(actor=actor, organization=locked.organization, action="api_key.revoked", target=locked)
     return locked
 

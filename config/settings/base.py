@@ -12,14 +12,24 @@ BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 # Built by functions, so prod and test can point them elsewhere without repeating them.
 def databases_for(url: str) -> dict[str, Any]:
-    return {
-        "default": dj_database_url.parse(
-            url,
-            engine="django_tenants.postgresql_backend",
-            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
-            conn_health_checks=True,
-        )
-    }
+    """PostgreSQL through a psycopg connection pool per process.
+
+    Under ASGI every request runs in a thread of its own, so Django's persistent
+    connections (CONN_MAX_AGE) would leave one open connection per thread until
+    the server runs out; a pool bounds them and still skips the connect per
+    request. django-tenants sets search_path on every cursor, so a pooled
+    connection never carries one organization's schema into another's request."""
+    database = dj_database_url.parse(
+        url, engine="django_tenants.postgresql_backend", conn_max_age=0, conn_health_checks=False
+    )
+    pool_size = env_int("DATABASE_POOL_MAX_SIZE", 20)
+    if pool_size > 0:
+        database.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": pool_size,
+            "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
+        }
+    return {"default": database}
 
 
 def caches_for(redis_url: str) -> dict[str, Any]:
@@ -86,6 +96,10 @@ ROOT_URLCONF = "config.urls_tenant"
 # New organizations are cloned from this schema instead of running every
 # migration again (see apps/tenancy/provisioning.py).
 TENANT_TEMPLATE_SCHEMA = "tenant_template"
+# Issue SET search_path once per connection and schema, not before every query:
+# the wrapper forgets what it set on close, rollback and every set_tenant, so a
+# pooled connection still gets its schema set for each request.
+TENANT_LIMIT_SET_CALLS = True
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
@@ -182,6 +196,8 @@ REST_FRAMEWORK = {
 }
 # Requests per API key (or per logged-in person) through the API; plans will set their own.
 API_RATE_LIMIT = env_str("API_RATE_LIMIT", "600/min")
+# How long a server trusts a key it verified; a revocation elsewhere takes this long to arrive.
+API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 2)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agentyard API",
     "DESCRIPTION": (

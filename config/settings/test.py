@@ -21,3 +21,7 @@ CHANNEL_LAYERS = channel_layers_for(TEST_REDIS_URL, prefix="asgi-test")
 CELERY_BROKER_URL = TEST_REDIS_URL
 CELERY_RESULT_BACKEND = TEST_REDIS_URL
 REDIS_URL = TEST_REDIS_URL
+
+# Tests change keys behind the services' back (expiry, suspension); no cache in between.
+# tests/api/test_key_cache.py turns it on to test it.
+API_KEY_CACHE_SECONDS = 0
