@@ -86,10 +86,14 @@ def _versioned(response: Response, updated_at: datetime) -> Response:
 # Organization ---------------------------------------------------------------
 
 
-class OrganizationOut(serializers.ModelSerializer[Organization]):
-    class Meta:
-        model = Organization
-        fields = ["name", "slug", "status", "created_at", "updated_at"]
+class OrganizationOut(serializers.Serializer[Organization]):
+    # Declared, not a ModelSerializer: this is the API's hottest read, and a
+    # ModelSerializer introspects the model again on every instantiation.
+    name = serializers.CharField(read_only=True)
+    slug = serializers.SlugField(read_only=True)
+    status = serializers.ChoiceField(choices=Organization.Status.choices, read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
 
 
 class OrganizationIn(StrictSerializer):
