@@ -3,8 +3,10 @@
     python -m bench.api [--seconds 10] [--connections 32] [--workers 2] [--resolutions 5000] [--keep]
 
 (a) GET /api/v1/organization with an API key, under --connections concurrent
-    keep-alive clients for --seconds, against the server as in production:
-    uvicorn serving config.asgi with --workers processes, DEBUG off, no access log.
+    keep-alive clients for --seconds, against the servers as in production, side by
+    side: gunicorn serving config.wsgi (gthread workers: what serves plain HTTP in
+    docker/compose.yaml) and uvicorn serving config.asgi (what serves WebSockets,
+    and everything under `make run`), --workers processes each, DEBUG off.
     Load comes from `wrk` when it is installed (C, its own threads), otherwise from
     a Python asyncio driver in this process (raw HTTP/1.1 over asyncio streams);
     the table says which. On a small machine the load generator shares the CPU
@@ -144,13 +146,31 @@ def queries_per_request(raw: str) -> list[str]:
 # (a) the server --------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def server(env: dict[str, str], port: int, workers: int) -> Iterator[subprocess.Popen[bytes]]:
-    command = [
+SERVERS = {
+    # What serves plain HTTP in production (docker/compose.yaml's web).
+    "gunicorn": "gunicorn (WSGI, gthread x4)",
+    # What serves the WebSockets, and everything under `make run`.
+    "uvicorn": "uvicorn (ASGI)",
+}
+
+
+def server_command(kind: str, port: int, workers: int) -> list[str]:
+    if kind == "gunicorn":
+        return [
+            sys.executable, "-m", "gunicorn", "config.wsgi:application",
+            "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+            "--worker-class", "gthread", "--threads", "4", "--log-level", "warning",
+        ]  # fmt: skip
+    return [
         sys.executable, "-m", "uvicorn", "config.asgi:application",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--no-access-log", "--log-level", "warning", "--lifespan", "off",
     ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def server(env: dict[str, str], port: int, workers: int, kind: str) -> Iterator[subprocess.Popen[bytes]]:
+    command = server_command(kind, port, workers)
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
         yield process
@@ -278,23 +298,30 @@ def met(ok: bool) -> str:
 
 
 def table(
-    load: LoadResult,
+    loads: dict[str, LoadResult],
     workers: int,
     connections: int,
     timings: dict[str, list[float]],
     queries: list[str],
 ) -> str:
-    rps_ok = load.rps >= GOAL_RPS
-    p99_ok = load.p99_ms <= GOAL_P99_MS
+    drivers = sorted({load.driver for load in loads.values()})
     lines = [
-        f"API: GET {PATH} with an API key, uvicorn --workers {workers}, DEBUG off,"
+        f"API: GET {PATH} with an API key, {workers} worker processes, DEBUG off,"
         f" {connections} connections, {os.cpu_count()} CPUs",
-        f"load from: {load.driver}",
+        f"load from: {', '.join(drivers)}",
         "",
-        f"{'':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>9}   goal",
-        f"{'throughput and latency':<28}{load.rps:>10.0f}{load.p50_ms:>10.2f}{load.p99_ms:>10.2f}"
-        f"{load.errors:>9}   >= {GOAL_RPS:.0f} req/s {met(rps_ok)},"
-        f" p99 <= {GOAL_P99_MS:.0f} ms {met(p99_ok)}",
+        f"{'server':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>9}   goal",
+    ]
+    for kind, load in loads.items():
+        lines.append(
+            f"{SERVERS[kind]:<28}{load.rps:>10.0f}{load.p50_ms:>10.2f}{load.p99_ms:>10.2f}"
+            f"{load.errors:>9}   >= {GOAL_RPS:.0f} req/s {met(load.rps >= GOAL_RPS)},"
+            f" p99 <= {GOAL_P99_MS:.0f} ms {met(load.p99_ms <= GOAL_P99_MS)}"
+        )
+    if {"gunicorn", "uvicorn"} <= set(loads):
+        ratio = loads["gunicorn"].rps / loads["uvicorn"].rps
+        lines.append(f"{'gunicorn / uvicorn':<28}{ratio:>9.2f}x")
+    lines += [
         "",
         f"{'key -> organization':<28}{'calls':>10}{'p50 us':>10}{'p99 us':>10}{'':>9}   goal",
     ]
@@ -319,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--resolutions", type=int, default=5000, help="key_check calls to time")
     parser.add_argument("--driver", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--server", choices=[*SERVERS, "both"], default="both")
     parser.add_argument("--keep", action="store_true", help=f"leave the {BENCH_DATABASE} database behind")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.connections < 1 or args.workers < 1 or args.resolutions < 1:
@@ -361,17 +389,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--driver wrk: wrk is not installed")
         if wrk is None and args.driver == "auto":
             progress("bench: wrk is not installed (apt-get install wrk); using the Python asyncio driver")
-        port = free_port()
-        progress(f"bench: uvicorn --workers {args.workers} on port {port}; {args.seconds:.0f} s of load")
-        with server(env, port, args.workers):
-            wait_until_serving(port, raw)
-            # Warm every worker: connections to PostgreSQL and Redis, imports, URL resolvers.
-            load_python(port, raw, 1.0, args.connections)
-            if wrk is not None:
-                load = load_wrk(wrk, port, raw, args.seconds, args.connections)
-            else:
-                load = load_python(port, raw, args.seconds, args.connections)
-        print(table(load, args.workers, args.connections, timings, queries))
+        loads = {}
+        for kind in SERVERS if args.server == "both" else [args.server]:
+            port = free_port()
+            progress(f"bench: {kind}, {args.workers} workers, port {port}; {args.seconds:.0f} s of load")
+            with server(env, port, args.workers, kind):
+                wait_until_serving(port, raw)
+                # Warm every worker: connections to PostgreSQL and Redis, imports, URL resolvers.
+                load_python(port, raw, 3.0, args.connections)
+                if wrk is not None:
+                    loads[kind] = load_wrk(wrk, port, raw, args.seconds, args.connections)
+                else:
+                    loads[kind] = load_python(port, raw, args.seconds, args.connections)
+        print(table(loads, args.workers, args.connections, timings, queries))
     finally:
         if not args.keep:
             database_recreate(server_url, BENCH_DATABASE, create=False)

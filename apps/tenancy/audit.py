@@ -5,6 +5,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.http import HttpRequest
 
@@ -39,8 +40,13 @@ class Actor:
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    # REMOTE_ADDR only: a proxy in front must rewrite it (uvicorn --proxy-headers),
-    # or anyone could claim any address with a header.
+    """The client's address. Behind a proxy that appends to X-Forwarded-For
+    (TRUST_X_FORWARDED_FOR, set by docker/compose.yaml for its nginx), the last
+    entry, which that proxy wrote; the earlier ones are the client's own claims."""
+    if settings.TRUST_X_FORWARDED_FOR:
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        if forwarded:
+            return forwarded.rsplit(",", 1)[-1].strip() or None
     return request.META.get("REMOTE_ADDR") or None
 
 
