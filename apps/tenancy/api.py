@@ -96,6 +96,21 @@ class OrganizationOut(serializers.Serializer[Organization]):
     updated_at = serializers.DateTimeField(read_only=True)
 
 
+_timestamp = serializers.DateTimeField()
+
+
+def organization_json(organization: Organization) -> dict[str, Any]:
+    """OrganizationOut's output, built directly: a serializer deep-copies its fields
+    on every instantiation, a sixth of this read's time (tests/api compare the two)."""
+    return {
+        "name": organization.name,
+        "slug": organization.slug,
+        "status": organization.status,
+        "created_at": _timestamp.to_representation(organization.created_at),
+        "updated_at": _timestamp.to_representation(organization.updated_at),
+    }
+
+
 class OrganizationIn(StrictSerializer):
     name = serializers.CharField(max_length=100)
 
@@ -106,7 +121,7 @@ class OrganizationView(APIView):
     @extend_schema(responses=OrganizationOut, operation_id="organization_read")
     def get(self, request: Request) -> Response:
         organization = _tenant(request)
-        return _versioned(Response(OrganizationOut(organization).data), organization.updated_at)
+        return _versioned(Response(organization_json(organization)), organization.updated_at)
 
     @extend_schema(
         request=OrganizationIn,

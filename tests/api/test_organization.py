@@ -142,3 +142,9 @@ def test_a_member_may_read_but_not_rename(world: World) -> None:
     response = send_json(client, "patch", "/organization", {"name": "Mine now"})
     assert response.status_code == 403
     assert error_of(response)["code"] == "role_forbidden"
+
+
+def test_the_fast_organization_read_matches_its_documented_serializer(world: World) -> None:
+    from apps.tenancy.api import OrganizationOut, organization_json
+
+    assert organization_json(world.alpha) == OrganizationOut(world.alpha).data
