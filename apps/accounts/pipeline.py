@@ -71,15 +71,20 @@ def associate_by_verified_email(
     if existing is None:
         return None
     if isinstance(backend, OrganizationOIDCBackend):
-        # An organization's provider vouches only for addresses at its own domain;
-        # anything else could be a takeover of someone's account.
+        # An organization's provider vouches only for its own people: addresses at
+        # the domain it claims, of accounts that are already its members. The
+        # domain is claimed, not proven (no DNS check yet), so an owner could
+        # claim someone else's; without the membership rule their provider could
+        # then sign in to any existing account at that domain.
         sso = backend.organization_sso()
-        if not sso.verified_domain or email_domain(email) != sso.verified_domain:
+        at_domain = bool(sso.verified_domain) and email_domain(email) == sso.verified_domain
+        member = existing.memberships.filter(organization=sso.organization).exists()
+        if not (at_domain and member):
             raise LoginRefused(
                 backend,
                 f"An Agentyard account already uses {email}, and {sso.organization.name}'s single "
-                "sign-on may only log in accounts at its verified domain. Log in with your password "
-                "instead.",
+                "sign-on may only log in its own members' accounts at its domain. Log in with your "
+                "password instead.",
                 code="email_in_use",
             )
     if not existing.is_active:

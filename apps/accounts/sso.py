@@ -26,14 +26,24 @@ def sso_for_organization(*, organization: Organization) -> OrganizationSSO | Non
 
 
 def sso_required_for_email(*, email: str) -> OrganizationSSO | None:
-    """The organization whose SSO an address at its verified domain must use, if any."""
+    """The organization whose SSO this person must use, if any: one that requires
+    SSO for its domain and that the person with this address is a member of.
+
+    The domain is only claimed by the organization's owner (no DNS proof yet),
+    so it binds the organization's own members and nobody else: claiming
+    someone else's domain must not lock strangers out of their password."""
     domain = email_domain(email)
     if not domain:
         return None
     return (
         OrganizationSSO.objects.select_related("organization")
         .annotate(domain=Lower("verified_domain"))
-        .filter(domain=domain, sso_required=True, enabled=True)
+        .filter(
+            domain=domain,
+            sso_required=True,
+            enabled=True,
+            organization__memberships__user__email=normalize_email(email),
+        )
         .first()
     )
 

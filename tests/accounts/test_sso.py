@@ -105,9 +105,29 @@ def test_an_organizations_provider_cannot_sign_in_an_account_outside_its_domain(
     before = counts()
     response = client.get(local_path(callback_url))
     assert response.status_code == 403
-    assert "may only log in accounts at its verified domain" in response.content.decode()
+    assert "may only log in its own members" in response.content.decode()
     assert counts() == before
     assert "_auth_user_id" not in client.session
+
+
+def test_claiming_another_organizations_domain_does_not_take_over_its_accounts(
+    world: World, idp: FakeIdentityProvider
+) -> None:
+    """Beta's owner claims alpha.test (domains are claimed, not proven by DNS) and
+    points Beta's SSO at a provider that vouches for amy@alpha.test."""
+    configure_sso(world.beta, idp, domain="alpha.test", required=True)
+    idp.next_user = FakeUser(sub="evil-amy", email="amy@alpha.test")
+    client = public_client()
+    _, callback_url = login_via(client, "/sso/beta/login/")
+    before = counts()
+    response = client.get(local_path(callback_url))
+    assert response.status_code == 403
+    assert counts() == before
+    assert "_auth_user_id" not in client.session
+    assert not Membership.objects.filter(user=world.amy, organization=world.beta).exists()
+    # Nor can the claim lock Alpha's people out of their passwords.
+    login = public_client().post("/login/", {"username": "amy@alpha.test", "password": world.password})
+    assert login.status_code == 302
 
 
 @pytest.mark.parametrize(
