@@ -10,6 +10,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from apps.accounts.handoff import handoff_redeem, handoff_url
 from apps.accounts.lockout import LoginThrottleMixin
 from apps.accounts.sso_forms import SSOAwareLoginForm
+from apps.tenancy.audit import Actor, audit_record
 from apps.tenancy.hosts import is_safe_redirect, organization_url, public_url
 from apps.tenancy.middleware import outsiders_allowed
 from apps.tenancy.selectors import organizations_of_user
@@ -70,6 +71,11 @@ def logout_view(request: HttpRequest) -> HttpResponse:
         logout(request)
         return HttpResponseRedirect(public_url(request, "/login/?logged_out=1"))
     user_id = request.user.pk
+    if request.user.is_authenticated:
+        # One event per logout: the POST that starts it, not the public hop after it.
+        audit_record(
+            actor=Actor.from_request(request), organization=None, action="auth.logout", target=request.user
+        )
     logout(request)
     if getattr(request, "tenant", None) is not None and user_id is not None:
         token = signing.dumps({"u": user_id}, salt=LOGOUT_SALT)

@@ -104,3 +104,14 @@ def test_a_forged_logout_link_does_nothing(world: World) -> None:
     public = client_for(world.amy)
     assert public.get("/logout/", {"token": "forged"}).status_code == 405
     assert public.get("/orgs/").status_code == 200
+
+
+def test_logging_out_is_audited_once(world: World) -> None:
+    from apps.tenancy.models import AuditEvent
+
+    tenant = client_for(world.amy, world.alpha)
+    response = tenant.post("/logout/")
+    to_public = urlsplit(response["Location"])
+    client_for(world.amy).get(to_public.path, parse_qs(to_public.query))
+    events = AuditEvent.objects.filter(action="auth.logout")
+    assert [event.actor_email for event in events] == ["amy@alpha.test"]
