@@ -12,7 +12,7 @@ from social_core.backends.base import BaseAuth
 from social_core.exceptions import AuthPolicyError
 
 from apps.accounts.models import User, normalize_email
-from apps.accounts.sso import email_domain, sso_login_record
+from apps.accounts.sso import sso_login_record, sso_required_for_email
 from apps.accounts.sso_backends import GithubBackend, OrganizationOIDCBackend
 from apps.tenancy.audit import Actor, client_ip, request_id
 
@@ -64,32 +64,40 @@ def require_verified_email(
 def associate_by_verified_email(
     backend: Backend, details: dict[str, Any], *args: Any, user: User | None = None, **kwargs: Any
 ) -> dict[str, Any] | None:
+    """Never link a provider to an existing account just because the emails match.
+
+    Our own accounts' addresses are not proven (sign-up sends no confirmation
+    yet), and an organization's domain is claimed, not proven by DNS: linking by
+    email would let whoever registered an address first, or an owner's own
+    provider, take over the account. A person links a provider by logging in
+    first and connecting it (then `user` is set and this step is skipped)."""
     if user is not None:
+        _refuse_where_sso_is_required(backend, user.email)
         return None
     email = details["email"]
     existing = User.objects.filter(email=normalize_email(email)).first()
     if existing is None:
+        _refuse_where_sso_is_required(backend, email)
         return None
+    raise LoginRefused(
+        backend,
+        f"An Agentyard account already uses {email}. Log in to it first, then connect "
+        f"{backend.title} from your account's connected logins.",
+        code="email_in_use",
+    )
+
+
+def _refuse_where_sso_is_required(backend: Backend, email: str) -> None:
+    """Members bound to their organization's SSO may not use GitHub or Google instead."""
     if isinstance(backend, OrganizationOIDCBackend):
-        # An organization's provider vouches only for its own people: addresses at
-        # the domain it claims, of accounts that are already its members. The
-        # domain is claimed, not proven (no DNS check yet), so an owner could
-        # claim someone else's; without the membership rule their provider could
-        # then sign in to any existing account at that domain.
-        sso = backend.organization_sso()
-        at_domain = bool(sso.verified_domain) and email_domain(email) == sso.verified_domain
-        member = existing.memberships.filter(organization=sso.organization).exists()
-        if not (at_domain and member):
-            raise LoginRefused(
-                backend,
-                f"An Agentyard account already uses {email}, and {sso.organization.name}'s single "
-                "sign-on may only log in its own members' accounts at its domain. Log in with your "
-                "password instead.",
-                code="email_in_use",
-            )
-    if not existing.is_active:
-        raise LoginRefused(backend, "This account is deactivated.", code="authentication_disallowed")
-    return {"user": existing, "is_new": False}
+        return
+    sso = sso_required_for_email(email=email)
+    if sso is not None:
+        raise LoginRefused(
+            backend,
+            f"{sso.organization.name} requires its single sign-on for {email}; log in with it instead.",
+            code="sso_required",
+        )
 
 
 def create_user(

@@ -6,7 +6,8 @@ Writes are keyword-only service functions that audit in the same transaction."""
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
-from django.db.models.functions import Lower
+from django.db.models import CharField, Value
+from django.db.models.functions import Cast, Concat, Lower
 from social_django.models import UserSocialAuth
 
 from apps.accounts.models import User, normalize_email
@@ -38,11 +39,16 @@ def sso_required_for_email(*, email: str) -> OrganizationSSO | None:
     return (
         OrganizationSSO.objects.select_related("organization")
         .annotate(domain=Lower("verified_domain"))
+        .filter(domain=domain, sso_required=True, enabled=True)
         .filter(
-            domain=domain,
-            sso_required=True,
-            enabled=True,
+            # Bound only once they have logged in by this organization's provider
+            # (or been created by it): nobody is locked out of a password they
+            # cannot replace.
             organization__memberships__user__email=normalize_email(email),
+            organization__memberships__user__social_auth__provider="oidc",
+            organization__memberships__user__social_auth__uid__startswith=Concat(
+                Cast("organization_id", CharField()), Value(":")
+            ),
         )
         .first()
     )

@@ -85,6 +85,18 @@ class OrganizationOIDCBackend(OpenIdConnectAuth[HttpResponse]):
         sso = self.organization_sso()
         return sso.client_id, sso.client_secret
 
+    def get_user_id(self, details: dict[str, Any], response: dict[str, Any]) -> str:
+        """The subject, qualified by the organization: every organization's provider
+        shares the backend name "oidc", and a `sub` is only unique within one
+        issuer, so another organization's provider must never match this link."""
+        return organization_uid(
+            self.organization_sso().organization_id, str(super().get_user_id(details, response))
+        )
+
+
+def organization_uid(organization_id: int, subject: str) -> str:
+    return f"{organization_id}:{subject}"
+
 
 def _with_slash(url: str) -> str:
     return url if url.endswith("/") else url + "/"

@@ -82,32 +82,51 @@ def test_an_sso_login_creates_the_person_and_makes_them_a_member(
     assert "You are member of this organization" in dashboard.content.decode()
 
 
-def test_an_sso_login_signs_in_the_existing_member_with_that_verified_email(
+def test_an_existing_member_connects_the_sso_while_logged_in_then_logs_in_by_it(
     world: World, idp: FakeIdentityProvider, alpha_sso: OrganizationSSO
 ) -> None:
     idp.next_user = FakeUser(sub="okta-amy", email="amy@alpha.test")
     client = public_client()
+    client.force_login(world.amy)
     _, callback_url = login_via(client, "/sso/alpha/login/")
-    before = User.objects.count()
-    response = client.get(local_path(callback_url))
-    assert response.status_code == 302
-    assert User.objects.count() == before
-    assert UserSocialAuth.objects.get(uid="okta-amy").user == world.amy
-    assert Membership.objects.get(user=world.amy, organization=world.alpha).role == Membership.Role.MEMBER
+    assert client.get(local_path(callback_url)).status_code == 302
+    link = UserSocialAuth.objects.get(provider="oidc")
+    assert link.user == world.amy
+    assert link.uid == f"{world.alpha.pk}:okta-amy"  # qualified by the organization
+
+    idp.next_user = FakeUser(sub="okta-amy", email="amy@alpha.test")
+    later = public_client()
+    _, callback_url = login_via(later, "/sso/alpha/login/")
+    assert later.get(local_path(callback_url)).status_code == 302
+    assert later.session["_auth_user_id"] == str(world.amy.pk)
 
 
-def test_an_organizations_provider_cannot_sign_in_an_account_outside_its_domain(
+def test_a_provider_never_takes_over_an_existing_account_by_its_email(
     world: World, idp: FakeIdentityProvider, alpha_sso: OrganizationSSO
 ) -> None:
-    idp.next_user = FakeUser(sub="okta-olga", email=world.olga.email)
+    for email in [world.olga.email, world.amy.email]:  # outside the domain, and a member inside it
+        idp.next_user = FakeUser(sub=f"okta-{email}", email=email)
+        client = public_client()
+        _, callback_url = login_via(client, "/sso/alpha/login/")
+        before = counts()
+        response = client.get(local_path(callback_url))
+        assert response.status_code == 403
+        assert "Log in to it first, then connect" in response.content.decode()
+        assert counts() == before
+        assert "_auth_user_id" not in client.session
+
+
+def test_the_same_subject_at_another_organizations_provider_is_another_identity(
+    world: World, idp: FakeIdentityProvider, alpha_sso: OrganizationSSO
+) -> None:
+    """Beta's provider asserting the `sub` of Amy's link at Alpha gets nothing of Amy's."""
+    UserSocialAuth.objects.create(user=world.amy, provider="oidc", uid=f"{world.alpha.pk}:okta-amy")
+    configure_sso(world.beta, idp, domain="beta.test")
+    idp.next_user = FakeUser(sub="okta-amy", email="someone@beta.test")
     client = public_client()
-    _, callback_url = login_via(client, "/sso/alpha/login/")
-    before = counts()
-    response = client.get(local_path(callback_url))
-    assert response.status_code == 403
-    assert "may only log in its own members" in response.content.decode()
-    assert counts() == before
-    assert "_auth_user_id" not in client.session
+    _, callback_url = login_via(client, "/sso/beta/login/")
+    client.get(local_path(callback_url))
+    assert client.session.get("_auth_user_id") != str(world.amy.pk)
 
 
 def test_claiming_another_organizations_domain_does_not_take_over_its_accounts(
@@ -208,17 +227,34 @@ def test_github_login_without_a_verified_email_is_refused(world: World, idp: Fak
     assert counts() == before
 
 
-def test_google_login_signs_in_the_existing_account_and_goes_to_its_organization(
+def test_google_connects_to_the_logged_in_account_then_logs_it_in(
     world: World, idp: FakeIdentityProvider
 ) -> None:
     idp.next_user = FakeUser(sub="google-77", email=world.ben.email)
-    client = public_client()
-    authorize_url, callback_url = login_via(client, "/sso/auth/login/google-oauth2/")
+    connecting = public_client()
+    connecting.force_login(world.ben)
+    authorize_url, callback_url = login_via(connecting, "/sso/auth/login/google-oauth2/")
     assert authorize_url.startswith(f"{idp.url}/o/oauth2/auth?")
+    assert connecting.get(local_path(callback_url)).status_code == 302
+    assert UserSocialAuth.objects.get(provider="google-oauth2", uid="google-77").user == world.ben
+
+    idp.next_user = FakeUser(sub="google-77", email=world.ben.email)
+    client = public_client()
+    _, callback_url = login_via(client, "/sso/auth/login/google-oauth2/")
     response = client.get(local_path(callback_url))
     assert response.status_code == 302
     assert str(response["Location"]).startswith("http://beta.localhost/auth/handoff/?token=")
-    assert UserSocialAuth.objects.get(provider="google-oauth2", uid="google-77").user == world.ben
+
+
+def test_google_does_not_log_in_an_existing_account_it_was_never_connected_to(
+    world: World, idp: FakeIdentityProvider
+) -> None:
+    idp.next_user = FakeUser(sub="google-99", email=world.ben.email)
+    client = public_client()
+    _, callback_url = login_via(client, "/sso/auth/login/google-oauth2/")
+    before = counts()
+    assert client.get(local_path(callback_url)).status_code == 403
+    assert counts() == before
 
 
 def test_google_login_with_an_unverified_email_is_refused(world: World, idp: FakeIdentityProvider) -> None:
@@ -247,6 +283,8 @@ def test_password_login_is_refused_where_the_organization_requires_sso(
     world: World, idp: FakeIdentityProvider
 ) -> None:
     configure_sso(world.alpha, idp, domain="alpha.test", required=True)
+    # Bound once Amy has logged in by Alpha's provider.
+    UserSocialAuth.objects.create(user=world.amy, provider="oidc", uid=f"{world.alpha.pk}:okta-amy")
     client = public_client()
     response = client.post("/login/", {"username": "Amy@alpha.test", "password": world.password})
     assert response.status_code == 200
@@ -254,9 +292,27 @@ def test_password_login_is_refused_where_the_organization_requires_sso(
     assert "Alpha requires single sign-on for addresses at alpha.test" in body
     assert '<a href="/sso/alpha/login/">log in with Alpha SSO</a>' in body
     assert "_auth_user_id" not in client.session
-    # Other domains still log in with a password.
-    other = client.post("/login/", {"username": world.ben.email, "password": world.password})
+    # Members who never used Alpha's SSO keep their password; other domains too.
+    assert (
+        client.post("/login/", {"username": world.alice.email, "password": world.password}).status_code == 302
+    )
+    other = public_client().post("/login/", {"username": world.ben.email, "password": world.password})
     assert other.status_code == 302
+
+
+def test_a_member_bound_to_sso_cannot_use_github_or_google_instead(
+    world: World, idp: FakeIdentityProvider
+) -> None:
+    configure_sso(world.alpha, idp, domain="alpha.test", required=True)
+    UserSocialAuth.objects.create(user=world.amy, provider="oidc", uid=f"{world.alpha.pk}:okta-amy")
+    idp.next_user = FakeUser(sub="google-amy", email=world.amy.email)
+    client = public_client()
+    client.force_login(world.amy)
+    _, callback_url = login_via(client, "/sso/auth/login/google-oauth2/")
+    response = client.get(local_path(callback_url))
+    assert response.status_code == 403
+    assert "requires its single sign-on" in response.content.decode()
+    assert not UserSocialAuth.objects.filter(provider="google-oauth2").exists()
 
 
 def test_the_client_secret_is_encrypted_at_rest(world: World, idp: FakeIdentityProvider) -> None:
