@@ -89,9 +89,16 @@ class OrganizationOIDCBackend(OpenIdConnectAuth[HttpResponse]):
         """The subject, qualified by the organization: every organization's provider
         shares the backend name "oidc", and a `sub` is only unique within one
         issuer, so another organization's provider must never match this link."""
-        return organization_uid(
-            self.organization_sso().organization_id, str(super().get_user_id(details, response))
-        )
+        subject = response.get("sub") or (self.id_token or {}).get("sub")
+        if not subject:
+            return ""  # social-auth refuses the login: the provider named no subject
+        return organization_uid(self.organization_sso().organization_id, str(subject))
+
+    def get_legacy_user_identifiers(
+        self, details: dict[str, Any], response: dict[str, Any]
+    ) -> list[tuple[str, str]]:
+        # No lookups by an unqualified subject: it could be another organization's.
+        return []
 
 
 def organization_uid(organization_id: int, subject: str) -> str:
