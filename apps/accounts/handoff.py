@@ -49,7 +49,7 @@ def handoff_redeem(*, token: str, host: str) -> tuple[User, str] | None:
     if not cache.add(f"handoff-used:{payload['j']}", 1, timeout=MAX_AGE_SECONDS * 2):
         return None
     next_path = str(payload.get("n") or "/")
-    if not next_path.startswith("/") or next_path.startswith("//"):
+    if not next_path.startswith("/") or next_path.startswith("//") or "\\" in next_path:
         next_path = "/"
     return user, next_path
 

@@ -14,6 +14,7 @@ Emails are hashed in the keys: the cache need not hold who tried to log in.
 import hashlib
 import math
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,9 @@ class Lockout:
 
 def _subject(scope: str, value: str) -> str:
     if scope == EMAIL:
-        value = normalize_email(value)
+        # As the login form reads it (NFKC, like Django's UsernameField), so a
+        # look-alike spelling of the address shares the address's count.
+        value = normalize_email(unicodedata.normalize("NFKC", value))
     return hashlib.sha256(f"{scope}:{value}".encode()).hexdigest()[:32]
 
 

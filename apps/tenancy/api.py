@@ -466,6 +466,12 @@ class AuditEventList(generics.ListAPIView[AuditEvent]):
         return audit_events_for(_tenant(self.request))
 
 
+def _csv_safe(value: object) -> str:
+    """A cell a spreadsheet will not run: text starting = + - @ (or a tab/CR) gets a quote."""
+    text = str(value)
+    return "'" + text if text[:1] in {"=", "+", "-", "@", "\t", "\r"} else text
+
+
 class _Echo:
     def write(self, value: str) -> str:
         return value
@@ -490,16 +496,19 @@ def audit_csv_rows(events: QuerySet[AuditEvent]) -> Iterator[str]:
     for event in events.iterator(chunk_size=500):
         yield writer.writerow(
             [
-                event.created_at.isoformat(),
-                event.actor_email,
-                event.action,
-                event.target_type,
-                event.target_id,
-                event.target_repr,
-                event.changes,
-                event.ip or "",
-                event.user_agent,
-                event.request_id,
+                _csv_safe(value)
+                for value in (
+                    event.created_at.isoformat(),
+                    event.actor_email,
+                    event.action,
+                    event.target_type,
+                    event.target_id,
+                    event.target_repr,
+                    event.changes,
+                    event.ip or "",
+                    event.user_agent,
+                    event.request_id,
+                )
             ]
         )
 

@@ -57,6 +57,11 @@ def is_safe_redirect(url: str) -> bool:
     """A 'next' URL may point at the public site or any organization subdomain, never elsewhere."""
     if not url:
         return False
+    # Browsers read a backslash as "/" and drop control characters, where urlsplit
+    # does not: "https://evil.example<backslash>.localhost/" would pass as ours and
+    # send the browser to evil.example.
+    if "\\" in url or any(ord(char) < 0x20 or ord(char) == 0x7F for char in url):
+        return False
     parts = urlsplit(url)
     if not parts.netloc:
         return url.startswith("/") and not url.startswith("//") and "\\" not in url

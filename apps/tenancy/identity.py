@@ -233,6 +233,13 @@ def invitation_accept(*, actor: Actor, token: str) -> Membership:
             f"This invitation is for {invitation.email}; you are logged in as {user.email}.",
             code="wrong_account",
         )
+    if invitation.accepted_at is not None:
+        # Used already: opening the link again is harmless, but it never brings
+        # back a membership that was removed since.
+        existing = Membership.objects.filter(user=user, organization=invitation.organization).first()
+        if existing is None:
+            raise Gone("This invitation was already used.", code="invitation_accepted")
+        return existing
     membership, _ = Membership.objects.get_or_create(
         user=user, organization=invitation.organization, defaults={"role": invitation.role}
     )

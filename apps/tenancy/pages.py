@@ -357,9 +357,12 @@ def _refusal(request: HttpRequest, invitation: Invitation | None) -> HttpRespons
     if invitation.status == "expired":
         return _invitation_problem(request, "Invitation expired", f"This invitation has expired. {ask}", 410)
     user = request.user
-    if invitation.status == "accepted" and not (
-        user.is_authenticated and invitation.accepted_by_id == user.pk
-    ):
+    still_member = (
+        user.is_authenticated
+        and invitation.accepted_by_id == user.pk
+        and Membership.objects.filter(user=user, organization=invitation.organization).exists()
+    )
+    if invitation.status == "accepted" and not still_member:
         return _invitation_problem(
             request, "Invitation already used", f"This invitation was already used. {ask}", 410
         )
