@@ -15,7 +15,7 @@ from apps.core.errors import Conflict, Forbidden, Gone, Invalid, NotFound, Stale
 from apps.tenancy.api_keys import key_forget, key_generate, key_hash
 from apps.tenancy.audit import Actor, audit_record, summarize
 from apps.tenancy.models import ApiKey, Invitation, Membership, Organization
-from apps.tenancy.roles import ADMIN_SCOPE, SCOPES
+from apps.tenancy.roles import ADMIN_SCOPE, SCOPES, role_allows
 
 Role = Membership.Role
 INVITATION_LIFETIME = timedelta(days=7)
@@ -79,6 +79,8 @@ def member_change_role(
     before = summarize(current, ["role"])
     current.role = role
     current.save(update_fields=["role", "updated_at"])
+    if not role_allows(role, "api_keys.manage"):
+        _revoke_keys_created_by(actor=actor, membership=current, reason="creator no longer manages keys")
     audit_record(
         actor=actor,
         organization=current.organization,
@@ -109,6 +111,7 @@ def member_remove(*, actor: Actor, membership: Membership) -> None:
         target=current,
         before=summarize(current, ["role"]) | {"email": current.user.email},
     )
+    _revoke_keys_created_by(actor=actor, membership=current, reason="creator left the organization")
     current.delete()
 
 
@@ -137,6 +140,24 @@ def ownership_transfer(*, actor: Actor, organization: Organization, to: Membersh
         after={"owner": target.user.email},
     )
     return target
+
+
+def _revoke_keys_created_by(*, actor: Actor, membership: Membership, reason: str) -> None:
+    """A key acts with the rights its creator had; it must not outlive them."""
+    keys = ApiKey.objects.select_for_update().filter(
+        organization=membership.organization, created_by=membership.user, revoked_at__isnull=True
+    )
+    for api_key in keys:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+        key_forget(api_key)
+        audit_record(
+            actor=actor,
+            organization=membership.organization,
+            action="api_key.revoked",
+            target=api_key,
+            after={"reason": reason},
+        )
 
 
 def _invitation_token_hash(token: str) -> str:

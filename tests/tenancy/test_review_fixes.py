@@ -63,3 +63,24 @@ def test_the_audit_export_does_not_hand_spreadsheets_formulas(world: World) -> N
     rows = "".join(audit_csv_rows(AuditEvent.objects.filter(action="probe")))
     assert "'=HYPERLINK" in rows
     assert "'@sum" in rows
+
+
+def test_keys_a_member_created_are_revoked_when_they_leave_or_stop_managing_keys(world: World) -> None:
+    from apps.tenancy.models import ApiKey
+
+    Membership.objects.filter(organization=world.alpha, user=world.amy).update(role="admin")
+    amy = Actor(user=world.amy)
+    first, _ = identity.api_key_create(actor=amy, organization=world.alpha, name="amy-1", scopes=["admin"])
+    membership = Membership.objects.get(organization=world.alpha, user=world.amy)
+    identity.member_change_role(actor=Actor(user=world.alice), membership=membership, role="member")
+    assert ApiKey.objects.get(pk=first.pk).revoked_at is not None
+
+    Membership.objects.filter(pk=membership.pk).update(role="admin")
+    second, _ = identity.api_key_create(actor=amy, organization=world.alpha, name="amy-2", scopes=["admin"])
+    identity.member_remove(actor=Actor(user=world.alice), membership=Membership.objects.get(pk=membership.pk))
+    assert ApiKey.objects.get(pk=second.pk).revoked_at is not None
+    reasons = AuditEvent.objects.filter(action="api_key.revoked").values_list("changes", flat=True)
+    assert {r["after"]["reason"] for r in reasons} == {
+        "creator no longer manages keys",
+        "creator left the organization",
+    }
