@@ -11,6 +11,7 @@ from django.db.models.functions import Cast, Concat, Lower
 from social_django.models import UserSocialAuth
 
 from apps.accounts.models import User, normalize_email
+from apps.accounts.outbound import outbound_url_problem
 from apps.core.errors import Conflict, Invalid, NotFound
 from apps.tenancy.audit import Actor, audit_record, summarize
 from apps.tenancy.models import Membership, Organization, OrganizationSSO
@@ -71,6 +72,9 @@ def sso_settings_save(
     before = summarize(sso, SSO_FIELDS) if sso else None
     if sso is None:
         sso = OrganizationSSO(organization=organization)
+    problem = outbound_url_problem(issuer.strip())
+    if problem:
+        raise Invalid(problem, field="issuer")
     sso.issuer = issuer.strip().rstrip("/")
     sso.client_id = client_id.strip()
     sso.verified_domain = verified_domain.strip().lower().lstrip("@")

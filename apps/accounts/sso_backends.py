@@ -14,8 +14,9 @@ from django.http import HttpResponse
 from social_core.backends.github import GithubOAuth2
 from social_core.backends.google import GoogleOAuth2
 from social_core.backends.open_id_connect import OpenIdConnectAuth
-from social_core.exceptions import AuthSessionError
+from social_core.exceptions import AuthPolicyError, AuthSessionError
 
+from apps.accounts.outbound import outbound_url_problem
 from apps.tenancy.models import OrganizationSSO
 
 # The session remembers which organization's provider a login started with.
@@ -93,6 +94,14 @@ class OrganizationOIDCBackend(OpenIdConnectAuth[HttpResponse]):
         if not subject:
             return ""  # social-auth refuses the login: the provider named no subject
         return organization_uid(self.organization_sso().organization_id, str(subject))
+
+    def request(self, url: str, **kwargs: Any) -> Any:
+        """Every server-side fetch this backend makes (discovery, token, keys, user
+        info) goes only where an organization may send the server."""
+        problem = outbound_url_problem(url)
+        if problem:
+            raise AuthPolicyError(self, code="issuer_not_allowed", stage="callback")
+        return super().request(url, **kwargs)
 
     def get_legacy_user_identifiers(
         self, details: dict[str, Any], response: dict[str, Any]

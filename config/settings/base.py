@@ -292,3 +292,7 @@ LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 15 * 60)
 # Every operation documents its error responses with the shared error body.
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "apps.core.openapi.ApiAutoSchema"
 # --- end of REST API schema ---------------------------------------------------
+
+# Organizations' OIDC issuers may be on private or loopback addresses, over
+# http (development: a provider on the laptop). prod.py turns this off.
+SSO_ALLOW_PRIVATE_ISSUERS = env_bool("SSO_ALLOW_PRIVATE_ISSUERS", True)
