@@ -1,6 +1,7 @@
 from typing import Any
 
 import factory
+from django.utils import timezone
 from factory.declarations import Sequence
 from factory.faker import Faker
 
@@ -20,6 +21,7 @@ class UserFactory(factory.django.DjangoModelFactory[User]):
     def _create(cls, model_class: type[User], *args: Any, **kwargs: Any) -> User:
         password = kwargs.pop("password", PASSWORD)
         email = kwargs.pop("email")
+        kwargs.setdefault("email_verified_at", timezone.now())  # tests' people have confirmed addresses
         return model_class.objects.create_user(email, password, **kwargs)
 
 

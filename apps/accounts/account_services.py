@@ -3,6 +3,7 @@
 from django.contrib.auth.forms import SetPasswordForm
 from django.db import IntegrityError, transaction
 
+from apps.accounts.email_confirmation import email_confirmation_send
 from apps.accounts.models import User, normalize_email
 from apps.core.errors import Conflict, Invalid
 from apps.tenancy.audit import Actor, audit_record
@@ -13,8 +14,11 @@ def email_taken(*, email: str, by_other_than: User) -> bool:
 
 
 @transaction.atomic
-def account_update(*, actor: Actor, user: User, name: str, email: str) -> User:
-    """Change the name and email; the caller has checked the current password for an email change."""
+def account_update(*, actor: Actor, user: User, name: str, email: str, confirm_url_base: str) -> User:
+    """Change the name and email; the caller has checked the current password for an email change.
+
+    A new email is unconfirmed until the person opens the link mailed to it
+    (`confirm_url_base`: the public site's scheme and host)."""
     locked = User.objects.select_for_update().get(pk=user.pk)
     name, email = name.strip(), normalize_email(email)
     if not email:
@@ -23,9 +27,11 @@ def account_update(*, actor: Actor, user: User, name: str, email: str) -> User:
         raise Conflict("Another account uses this email.", code="email_taken", field="email")
     old_name, old_email = locked.name, locked.email
     locked.name, locked.email = name, email
+    if old_email != email:
+        locked.email_verified_at = None
     try:
         with transaction.atomic():
-            locked.save(update_fields=["name", "email"])
+            locked.save(update_fields=["name", "email", "email_verified_at"])
     except IntegrityError:  # taken a moment ago
         raise Conflict("Another account uses this email.", code="email_taken", field="email") from None
     if old_email != email:
@@ -37,6 +43,7 @@ def account_update(*, actor: Actor, user: User, name: str, email: str) -> User:
             before={"email": old_email},
             after={"email": email},
         )
+        email_confirmation_send(user=locked, url_base=confirm_url_base)
     if old_name != name:
         audit_record(
             actor=actor,
@@ -46,7 +53,7 @@ def account_update(*, actor: Actor, user: User, name: str, email: str) -> User:
             before={"name": old_name},
             after={"name": name},
         )
-    user.name, user.email = locked.name, locked.email
+    user.name, user.email, user.email_verified_at = locked.name, locked.email, locked.email_verified_at
     return locked
 
 

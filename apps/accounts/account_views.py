@@ -12,12 +12,15 @@ from django.shortcuts import render
 from django.template import TemplateDoesNotExist
 from django.template.loader import select_template
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
 
+from apps.accounts import email_confirmation
 from apps.accounts.account_services import account_password_change, account_update, email_taken
 from apps.accounts.models import User, normalize_email
 from apps.core.errors import ServiceError
 from apps.tenancy.audit import Actor
+from apps.tenancy.hosts import public_url
 
 CONNECTED_LOGINS_TEMPLATE = "sso/_connected_logins.html"
 
@@ -94,6 +97,7 @@ def account_settings(request: HttpRequest) -> HttpResponse:
                         user=user,
                         name=profile_form.cleaned_data["name"],
                         email=profile_form.cleaned_data["email"],
+                        confirm_url_base=public_url(request, ""),
                     )
                 except ServiceError as error:
                     profile_form.add_error(
@@ -119,3 +123,42 @@ def account_settings(request: HttpRequest) -> HttpResponse:
         **_connected_logins(user),
     }
     return render(request, "accounts/account.html", context, status=status)
+
+
+def _confirmation_problem(request: HttpRequest, error: ServiceError) -> HttpResponse:
+    context = {"title": "This link cannot confirm your address", "message": error.message}
+    return render(request, "accounts/confirm_email_problem.html", context, status=error.status)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def email_confirm_page(request: HttpRequest, token: str) -> HttpResponse:
+    """GET: a button (mail scanners that open links confirm nothing). POST: confirm."""
+    try:
+        if request.method == "GET":
+            user = email_confirmation.user_for_confirmation_token(token)
+        else:
+            user = email_confirmation.email_confirm(actor=Actor.from_request(request), token=token)
+    except ServiceError as error:
+        return _confirmation_problem(request, error)
+    context = {"email": user.email, "confirmed": request.method == "POST"}
+    return render(request, "accounts/confirm_email.html", context)
+
+
+@login_required
+@require_POST
+def email_confirm_resend(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    assert isinstance(user, User)
+    if user.email_verified_at is not None:
+        messages.info(request, f"{user.email} is already confirmed.")
+    elif email_confirmation.email_confirmation_resend(user=user, url_base=public_url(request, "")):
+        messages.success(request, f"We sent a new confirmation link to {user.email}.")
+    else:
+        seconds = email_confirmation.RESEND_INTERVAL
+        messages.error(
+            request,
+            f"We sent a link to {user.email} less than {seconds} seconds ago; we send at most one a "
+            "minute. Check your inbox and spam folder, or try again shortly.",
+        )
+    return HttpResponseRedirect(reverse("account-settings"))

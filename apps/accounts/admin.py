@@ -78,12 +78,12 @@ class UserAdmin(AuditedModelAdmin[User], BaseUserAdmin[Any]):
     list_filter = ("is_staff", "is_superuser", "is_active", "date_joined")
     search_fields = ("email", "name")
     ordering = ("email",)
-    readonly_fields = ("date_joined", "last_login")
+    readonly_fields = ("date_joined", "last_login", "email_verified_at")
     inlines = (MembershipInline,)
     fieldsets = (
         (None, {"fields": ("email", "name", "password")}),
         ("Back office", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
-        ("Dates", {"fields": ("date_joined", "last_login")}),
+        ("Dates", {"fields": ("date_joined", "last_login", "email_verified_at")}),
     )
     add_fieldsets = (
         (

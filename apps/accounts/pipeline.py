@@ -8,6 +8,7 @@ transaction, so a refusal leaves nothing behind."""
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 from social_core.backends.base import BaseAuth
 from social_core.exceptions import AuthPolicyError
 
@@ -66,8 +67,8 @@ def associate_by_verified_email(
 ) -> dict[str, Any] | None:
     """Never link a provider to an existing account just because the emails match.
 
-    Our own accounts' addresses are not proven (sign-up sends no confirmation
-    yet), and an organization's domain is claimed, not proven by DNS: linking by
+    Our own accounts' addresses may be unconfirmed (older accounts and fresh
+    sign-ups are), and an organization's domain is claimed, not proven by DNS: linking by
     email would let whoever registered an address first, or an owner's own
     provider, take over the account. A person links a provider by logging in
     first and connecting it (then `user` is set and this step is skipped)."""
@@ -105,8 +106,14 @@ def create_user(
 ) -> dict[str, Any]:
     if user is not None:
         return {"is_new": False}
-    # No password: the person logs in by this provider until they set one.
-    created = User.objects.create_user(details["email"], None, name=str(details.get("fullname") or "")[:150])
+    # No password: the person logs in by this provider until they set one. The
+    # provider verified the address (require_verified_email ran before this step).
+    created = User.objects.create_user(
+        details["email"],
+        None,
+        name=str(details.get("fullname") or "")[:150],
+        email_verified_at=timezone.now(),
+    )
     return {"user": created, "is_new": True}
 
 

@@ -16,6 +16,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from apps.accounts.email_confirmation import email_confirmation_send
 from apps.accounts.handoff import handoff_url
 from apps.accounts.models import User, normalize_email
 from apps.core.errors import ServiceError
@@ -425,6 +426,9 @@ def invitation_signup_page(request: HttpRequest, token: str) -> HttpResponse:
             )
             actor = dataclasses.replace(Actor.from_request(request), user=user)
             membership = identity.invitation_accept(actor=actor, token=token)
+            # The inviter saw the invitation link too, so opening it proves nothing
+            # about the mailbox: the address is confirmed like any other.
+            email_confirmation_send(user=user, url_base=public_url(request, ""))
     except IntegrityError:
         form.add_error(None, "An account with this email exists. Log in to accept instead.")
         return _invitation_show(request, token, invitation, form=form)

@@ -5,6 +5,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_tenants.utils import schema_context, schema_exists
 
+from apps.accounts.email_confirmation import email_confirmation_send
 from apps.accounts.models import User
 from apps.tenancy import provisioning
 from apps.tenancy.audit import Actor, audit_record
@@ -96,9 +97,18 @@ def organization_delete(*, organization: Organization) -> None:
 
 @transaction.atomic
 def signup(
-    *, email: str, password: str, organization_name: str, slug: str, actor: Actor | None = None
+    *,
+    email: str,
+    password: str,
+    organization_name: str,
+    slug: str,
+    confirm_url_base: str,
+    actor: Actor | None = None,
 ) -> tuple[User, Organization]:
-    """A new person and their organization, with them as its owner."""
+    """A new person and their organization, with them as its owner.
+
+    Their address is unconfirmed until they open the link mailed to it
+    (`confirm_url_base`: the public site's scheme and host)."""
     if User.objects.filter(email__iexact=email.strip()).exists():
         raise ValidationError({"email": "An account with this email exists. Log in instead."})
     user = User.objects.create_user(email=email, password=password)
@@ -111,4 +121,5 @@ def signup(
         target=organization,
         after={"name": organization.name, "slug": organization.slug, "owner": user.email},
     )
+    email_confirmation_send(user=user, url_base=confirm_url_base)
     return user, organization

@@ -10,7 +10,7 @@ from apps.notices.selectors import notices_recent
 from apps.tenancy import services
 from apps.tenancy.audit import Actor
 from apps.tenancy.forms import SignupForm
-from apps.tenancy.hosts import organization_url
+from apps.tenancy.hosts import organization_url, public_url
 from apps.tenancy.selectors import organizations_of_user
 
 
@@ -25,6 +25,7 @@ def signup(request: HttpRequest) -> HttpResponse:
                 password=data["password"],
                 organization_name=data["organization_name"],
                 slug=data["slug"],
+                confirm_url_base=public_url(request, ""),
                 actor=Actor.from_request(request),
             )
         except ValidationError as exc:
