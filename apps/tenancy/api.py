@@ -27,6 +27,7 @@ from apps.tenancy.audit import Actor
 from apps.tenancy.hosts import public_url
 from apps.tenancy.models import ApiKey, AuditEvent, Invitation, Membership, Organization
 from apps.tenancy.roles import SCOPES
+from apps.tenancy.selectors import member_of_organization
 
 
 def _tenant(request: Request | HttpRequest) -> Organization:
@@ -194,11 +195,7 @@ class MemberDetail(APIView):
         return self.actions.get(str(request.method))
 
     def _get(self, request: Request, member_id: int) -> Membership:
-        membership = (
-            Membership.objects.select_related("user", "organization")
-            .filter(organization=_tenant(request), pk=member_id)
-            .first()
-        )
+        membership = member_of_organization(organization=_tenant(request), member_id=member_id)
         if membership is None:
             raise NotFound("No such member.")
         return membership

@@ -35,6 +35,7 @@ from apps.tenancy.forms_identity import (
 from apps.tenancy.hosts import organization_url, public_url
 from apps.tenancy.models import ApiKey, Invitation, Membership, Organization
 from apps.tenancy.roles import role_allows
+from apps.tenancy.selectors import member_of_organization
 
 Role = Membership.Role
 AUDIT_PAGE_SIZE = 50
@@ -107,11 +108,7 @@ def _members_page(
 
 
 def _member_or_404(request: HttpRequest, member_id: int) -> Membership:
-    membership = (
-        Membership.objects.select_related("user", "organization")
-        .filter(organization=_organization(request), pk=member_id)
-        .first()
-    )
+    membership = member_of_organization(organization=_organization(request), member_id=member_id)
     if membership is None:
         raise Http404("No such member.")
     return membership

@@ -17,3 +17,12 @@ def membership_get(*, user: User, organization: Organization) -> Membership | No
 
 def organizations_of_user(*, user: User) -> QuerySet[Organization]:
     return Organization.objects.filter(memberships__user=user).order_by("name")
+
+
+def member_of_organization(*, organization: Organization, member_id: int) -> Membership | None:
+    """A membership by id, only within this organization: another's ids find nothing."""
+    return (
+        Membership.objects.select_related("user", "organization")
+        .filter(organization=organization, pk=member_id)
+        .first()
+    )
