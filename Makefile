@@ -28,7 +28,7 @@ lint:
 
 typecheck:
 	@echo "==> mypy"
-	@.venv/bin/mypy apps config scripts bench tests
+	@.venv/bin/mypy apps config scripts bench tests runtime
 
 pytest:
 	@$(PY) -m scripts.services exec -- $(PY) -m pytest $(PYTEST_ARGS)

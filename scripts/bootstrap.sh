@@ -30,6 +30,8 @@ fi
 
 need_deb node nodejs
 need_deb npm npm
+# The workspaces' sandboxes (runtime/backends/bwrap.py).
+need_deb bwrap bubblewrap
 [ "$want_browser" = 1 ] && need_deb chromium chromium
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then apt_missing+=("python3-venv"); fi
 if [ "${#apt_missing[@]}" -gt 0 ]; then

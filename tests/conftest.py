@@ -30,6 +30,7 @@ from apps.accounts.models import User
 from apps.tenancy import services as tenancy_services
 from apps.tenancy.models import Membership, Organization
 from tests.factories import PASSWORD, make_user
+from tests.runtime_server import runtime_server  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

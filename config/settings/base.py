@@ -86,6 +86,7 @@ SHARED_APPS = [
 TENANT_APPS = [
     "django.contrib.contenttypes",
     "apps.notices",
+    "apps.workspaces",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
@@ -296,3 +297,14 @@ REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "apps.core.openapi.ApiAutoSchema"
 # Organizations' OIDC issuers may be on private or loopback addresses, over
 # http (development: a provider on the laptop). prod.py turns this off.
 SSO_ALLOW_PRIVATE_ISSUERS = env_bool("SSO_ALLOW_PRIVATE_ISSUERS", True)
+
+# --- Workspaces and the sandbox runtime (apps/workspaces, runtime/) -----------
+# Where the runtime service listens, and the secret both sides share: the
+# runtime refuses every call without it. `make run` starts one and sets both.
+RUNTIME_ADDRESS = env_str("RUNTIME_ADDRESS", "127.0.0.1:50061")
+RUNTIME_SECRET = env_str("RUNTIME_SECRET", "insecure-dev-runtime-secret-change-me")
+# Per organization until plans arrive (the billing issue): how many workspaces
+# may exist and how many may run at once.
+WORKSPACES_MAX_PER_ORGANIZATION = env_int("WORKSPACES_MAX_PER_ORGANIZATION", 20)
+WORKSPACES_MAX_RUNNING_PER_ORGANIZATION = env_int("WORKSPACES_MAX_RUNNING_PER_ORGANIZATION", 5)
+# --- end of workspaces --------------------------------------------------------

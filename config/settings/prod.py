@@ -10,6 +10,7 @@ from config.settings.base import BASE_DOMAIN, PUBLIC_HOSTS, caches_for, channel_
 
 DEBUG = False
 SECRET_KEY = env_str("SECRET_KEY")
+RUNTIME_SECRET = env_str("RUNTIME_SECRET")
 BASE_DOMAIN = env_str("BASE_DOMAIN").lower()  # noqa: F811
 ALLOWED_HOSTS = [BASE_DOMAIN, "." + BASE_DOMAIN, *PUBLIC_HOSTS, *env_list("ALLOWED_HOSTS")]
 
