@@ -14,6 +14,7 @@ Role = Membership.Role
 EVERYONE: Final = frozenset(Role)
 MANAGERS: Final = frozenset({Role.OWNER, Role.ADMIN})
 OWNERS: Final = frozenset({Role.OWNER})
+BUILDERS: Final = frozenset({Role.OWNER, Role.ADMIN, Role.MEMBER})
 
 ADMIN_SCOPE: Final = "admin"
 
@@ -48,6 +49,20 @@ ACTIONS: Final[dict[str, Action]] = {
         Action("audit.view", "audit", "read", MANAGERS, "Read and export the audit log"),
         Action("sso.view", "sso", "read", MANAGERS, "See single sign-on settings"),
         Action("sso.manage", "sso", "write", OWNERS, "Configure single sign-on"),
+        Action(
+            "workspaces.view", "workspaces", "read", EVERYONE, "See workspaces, their files and terminals"
+        ),
+        Action("workspaces.create", "workspaces", "write", BUILDERS, "Create workspaces"),
+        Action(
+            "workspaces.operate",
+            "workspaces",
+            "write",
+            BUILDERS,
+            "Start and stop workspaces, run commands, edit files, use git, type in terminals",
+        ),
+        Action("workspaces.destroy", "workspaces", "write", MANAGERS, "Destroy or archive workspaces"),
+        Action("secrets.view", "secrets", "read", MANAGERS, "See the names of the organization's secrets"),
+        Action("secrets.manage", "secrets", "write", MANAGERS, "Set and delete the organization's secrets"),
     ]
 }
 
