@@ -59,13 +59,16 @@ if [ ! -f "$stamp" ]; then
 fi
 
 npm_stamp="node_modules/.stamp-$(cat package.json package-lock.json | sha1sum | cut -c1-12)"
-if [ ! -f "$npm_stamp" ] || [ ! -f static/vendor/htmx.min.js ]; then
+if [ ! -f "$npm_stamp" ] || [ ! -f static/vendor/htmx.min.js ] || [ ! -f static/vendor/xterm/xterm.js ]; then
   say "Installing browser assets from npm"
   npm ci --no-audit --no-fund --silent >/dev/null || die "npm ci failed"
-  mkdir -p static/vendor/swagger-ui
+  mkdir -p static/vendor/swagger-ui static/vendor/xterm
   cp node_modules/htmx.org/dist/htmx.min.js static/vendor/
   cp node_modules/swagger-ui-dist/{swagger-ui-bundle.js,swagger-ui-standalone-preset.js,swagger-ui.css,favicon-32x32.png} \
     static/vendor/swagger-ui/
+  # The source maps too: collectstatic's manifest storage follows sourceMappingURL.
+  cp node_modules/@xterm/xterm/lib/xterm.js{,.map} node_modules/@xterm/xterm/css/xterm.css \
+    node_modules/@xterm/addon-fit/lib/addon-fit.js{,.map} static/vendor/xterm/
   rm -f node_modules/.stamp-*
   touch "$npm_stamp"
 fi
