@@ -3,6 +3,7 @@
 from django.urls import path
 
 from apps.tenancy import api
+from apps.workspaces import api as workspaces_api
 
 urlpatterns = [
     path("organization", api.OrganizationView.as_view(), name="api-organization"),
@@ -15,4 +16,47 @@ urlpatterns = [
     path("api-keys/<int:key_id>", api.ApiKeyDetail.as_view(), name="api-key"),
     path("audit-events", api.AuditEventList.as_view(), name="api-audit-events"),
     path("audit-events/export", api.AuditEventExport.as_view(), name="api-audit-export"),
+    path("workspaces", workspaces_api.WorkspaceList.as_view(), name="api-workspaces"),
+    path("workspaces/<int:workspace_id>", workspaces_api.WorkspaceDetail.as_view(), name="api-workspace"),
+    path(
+        "workspaces/<int:workspace_id>/start",
+        workspaces_api.WorkspaceStart.as_view(),
+        name="api-workspace-start",
+    ),
+    path(
+        "workspaces/<int:workspace_id>/stop",
+        workspaces_api.WorkspaceStop.as_view(),
+        name="api-workspace-stop",
+    ),
+    path(
+        "workspaces/<int:workspace_id>/archive",
+        workspaces_api.WorkspaceArchive.as_view(),
+        name="api-workspace-archive",
+    ),
+    path(
+        "workspaces/<int:workspace_id>/exec",
+        workspaces_api.WorkspaceExec.as_view(),
+        name="api-workspace-exec",
+    ),
+    path(
+        "workspaces/<int:workspace_id>/files",
+        workspaces_api.WorkspaceFiles.as_view(),
+        name="api-workspace-files",
+    ),
+    path("workspaces/<int:workspace_id>/git/clone", workspaces_api.GitClone.as_view(), name="api-git-clone"),
+    path(
+        "workspaces/<int:workspace_id>/git/branch", workspaces_api.GitBranch.as_view(), name="api-git-branch"
+    ),
+    path(
+        "workspaces/<int:workspace_id>/git/status",
+        workspaces_api.GitStatusView.as_view(),
+        name="api-git-status",
+    ),
+    path("workspaces/<int:workspace_id>/git/diff", workspaces_api.GitDiffView.as_view(), name="api-git-diff"),
+    path(
+        "workspaces/<int:workspace_id>/git/commit", workspaces_api.GitCommit.as_view(), name="api-git-commit"
+    ),
+    path("workspaces/<int:workspace_id>/git/push", workspaces_api.GitPush.as_view(), name="api-git-push"),
+    path("secrets", workspaces_api.SecretList.as_view(), name="api-secrets"),
+    path("secrets/<int:secret_id>", workspaces_api.SecretDetail.as_view(), name="api-secret"),
 ]

@@ -56,10 +56,32 @@ def _alpha_api_key(world: World) -> int:
     return api_key.pk
 
 
+def _alpha_workspace(world: World) -> int:
+    """A stopped workspace row of Alpha: enough for every route (refusals come before the runtime)."""
+    from apps.workspaces.models import Workspace
+
+    workspace, _ = Workspace.objects.get_or_create(
+        name="isolation-sample", defaults={"state": Workspace.State.STOPPED}
+    )
+    return workspace.pk
+
+
+def _alpha_secret(world: World) -> int:
+    from apps.workspaces.crypto import encrypt_text
+    from apps.workspaces.models import Secret
+
+    secret, _ = Secret.objects.get_or_create(
+        name="ISOLATION_SAMPLE", defaults={"value_encrypted": encrypt_text("alpha-only")}
+    )
+    return secret.pk
+
+
 SAMPLE_VALUES: dict[str, Callable[[World], Any]] = {
     "member_id": _alpha_member,
     "invitation_id": _alpha_invitation,
     "key_id": _alpha_api_key,
+    "workspace_id": _alpha_workspace,
+    "secret_id": _alpha_secret,
 }
 
 REFUSED = {400, 401, 403, 404, 405}

@@ -44,3 +44,10 @@ class Stale(ServiceError):
 class Gone(ServiceError):
     status = 410
     code = "gone"
+
+
+class Unavailable(ServiceError):
+    """A service we depend on (the workspace runtime) cannot be reached; nothing changed."""
+
+    status = 503
+    code = "unavailable"

@@ -307,4 +307,22 @@ RUNTIME_SECRET = env_str("RUNTIME_SECRET", "insecure-dev-runtime-secret-change-m
 # may exist and how many may run at once.
 WORKSPACES_MAX_PER_ORGANIZATION = env_int("WORKSPACES_MAX_PER_ORGANIZATION", 20)
 WORKSPACES_MAX_RUNNING_PER_ORGANIZATION = env_int("WORKSPACES_MAX_RUNNING_PER_ORGANIZATION", 5)
+# The most one workspace may ask for (the create form's and API's upper bounds).
+WORKSPACES_MAX_CPUS = env_int("WORKSPACES_MAX_CPUS", 4)
+WORKSPACES_MAX_MEMORY_MB = env_int("WORKSPACES_MAX_MEMORY_MB", 8192)
+WORKSPACES_MAX_DISK_MB = env_int("WORKSPACES_MAX_DISK_MB", 20480)
+WORKSPACES_MAX_PIDS = env_int("WORKSPACES_MAX_PIDS", 4096)
+WORKSPACES_MAX_IDLE_TIMEOUT_SECONDS = env_int("WORKSPACES_MAX_IDLE_TIMEOUT_SECONDS", 7 * 86400)
+# What exec returns at most per stream; the rest is dropped and marked.
+WORKSPACES_EXEC_MAX_OUTPUT_BYTES = env_int("WORKSPACES_EXEC_MAX_OUTPUT_BYTES", 1024 * 1024)
+# Environment variables and secrets are encrypted with this (default: derived from SECRET_KEY).
+WORKSPACES_ENCRYPTION_KEY = env_str("WORKSPACES_ENCRYPTION_KEY", "")
+# How often Celery beat looks for idle running workspaces to stop.
+WORKSPACES_IDLE_CHECK_SECONDS = env_int("WORKSPACES_IDLE_CHECK_SECONDS", 60)
+CELERY_BEAT_SCHEDULE = {
+    "workspaces-stop-idle": {
+        "task": "workspaces.stop_idle",
+        "schedule": float(WORKSPACES_IDLE_CHECK_SECONDS),
+    },
+}
 # --- end of workspaces --------------------------------------------------------

@@ -100,7 +100,7 @@ def test_the_fuzzer_covers_every_operation_the_api_implements(world: World) -> N
         path = "/api/v1/" + re.sub(r"<int:(\w+)>", r"{\1}", str(pattern.pattern))
         implemented |= {
             (method.upper(), path)
-            for method in ("get", "post", "patch", "delete")
+            for method in ("get", "post", "put", "patch", "delete")
             if hasattr(view_class, method)
         }
     schema = Client(HTTP_HOST="localhost").get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
