@@ -8,12 +8,13 @@ import json
 import pytest
 from django.test import override_settings
 from django.urls import URLPattern, URLResolver
+from django_tenants.utils import schema_context
 
 import config.urls_tenant
 import tests.leaky_urls
 from config.routing import websocket_urlpatterns
 from tests.conftest import LiveServer, World, client_for
-from tests.isolation import find_leaks, tenant_endpoints
+from tests.isolation import Endpoint, concrete_path, find_leaks, tenant_endpoints
 from tests.websocket import session_cookie_for, ws_connect
 
 
@@ -64,11 +65,17 @@ def test_members_still_reach_every_tenant_page(world: World) -> None:
 def test_no_websocket_route_accepts_people_from_outside_the_organization(
     asgi_server: LiveServer, world: World
 ) -> None:
+    # Parameters are filled like the HTTP routes' (tests/isolation.py SAMPLE_VALUES): objects of Alpha.
+    with schema_context(world.alpha.schema_name):
+        paths = [
+            concrete_path(Endpoint(route=str(route.pattern), name=None), world)
+            for route in websocket_urlpatterns
+        ]
+
     async def attempts() -> list[str]:
         leaks = []
         visitors = {"anonymous": None, "member of beta": world.ben, "no organization": world.olga}
-        for route in websocket_urlpatterns:
-            path = "/" + str(route.pattern)
+        for path in paths:
             for who, user in visitors.items():
                 cookie = await asyncio.to_thread(session_cookie_for, user) if user else None
                 try:

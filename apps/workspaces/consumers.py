@@ -1,0 +1,397 @@
+"""The live terminal: a browser's WebSocket <-> the PTY session "main" of the
+workspace's sandbox in the runtime (a separate process, over gRPC).
+
+    ws(s)://<org host>/ws/workspaces/<workspace id>/terminal/?rows=24&cols=80
+
+Every socket attaches its own stream to the one shell (the runtime fans the
+output out and replays the scrollback to each new attachment), so output never
+passes through Redis. Who watches and who drives is shared state in Redis
+(apps/workspaces/terminals.py, where the hand-over rules are), announced to
+every socket of the workspace through a Channels group.
+
+Protocol. Binary frames carry terminal bytes both ways; text frames carry JSON
+control messages, each with a "type".
+
+Browser -> server:
+  binary                         keystrokes (UTF-8). Reach the shell only from
+                                 the driver; anyone else gets "refused".
+  {"type": "resize", "rows": R, "cols": C}
+                                 the driver's screen size (1..500 x 1..1000);
+                                 ignored from followers.
+  {"type": "take_control"}       see terminals.py for when it succeeds; when
+                                 not, the driver gets "control_requested".
+  {"type": "hand_over", "to": "<viewer id>"}   the driver gives control away;
+  {"type": "hand_over", "to": null}            or releases it to nobody.
+
+Server -> browser:
+  {"type": "hello", "you": "<viewer id>", "can_drive": bool}     first.
+  {"type": "room", "viewers": [{"id", "name", "can_drive"}], "driver": id|null}
+                                 whenever someone joins, leaves, takes or hands over.
+  {"type": "attached", "rows": R, "cols": C, "created": bool}
+                                 the shell is attached; its scrollback follows as
+                                 binary frames, then live output. A reconnecting
+                                 page clears its screen here, so nothing repeats.
+  binary                         terminal output.
+  {"type": "size", "rows": R, "cols": C}    the driver resized; followers match.
+  {"type": "control_requested", "by": id, "name": str}    to the driver only.
+  {"type": "refused", "message": str}       input or an action was not allowed.
+  {"type": "error", "code": str, "message": str}
+                                 "invalid" (a bad message; the socket stays), or
+                                 before closing: "stopped", "unavailable",
+                                 "behind" (this socket fell behind the output),
+                                 "runtime".
+  {"type": "exit", "code": N}    the shell exited (then close 4000).
+
+Close codes: 4000 the shell exited (the page offers a new one), 4409 the
+workspace is not running (the page offers Start), 4503 the runtime is not
+reachable (the page retries). People outside the organization, anonymous
+visitors and unknown workspaces are refused at the handshake (HTTP 403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from apps.accounts.models import User
+from apps.tenancy.channels import tenant_database_sync_to_async
+from apps.tenancy.models import Membership, Organization
+from apps.tenancy.roles import role_allows
+from apps.workspaces.models import Workspace
+from apps.workspaces.terminals import HEARTBEAT_SECONDS, TerminalRoom, Viewer, new_viewer_id, room_group
+from runtime.client import (
+    AsyncRuntimeClient,
+    LimitExceeded,
+    PtyExited,
+    PtyOpened,
+    PtyStream,
+    RuntimeServiceError,
+    RuntimeUnavailable,
+    SandboxNotFound,
+    SandboxNotRunning,
+)
+
+logger = logging.getLogger(__name__)
+
+SESSION: Final = "main"
+MAX_INPUT_BYTES: Final = 64 * 1024
+MAX_ROWS: Final = 500
+MAX_COLS: Final = 1000
+# At most one "refused" message a second: a follower typing gets told, not flooded.
+REFUSAL_INTERVAL_SECONDS: Final = 1.0
+
+CLOSE_EXITED: Final = 4000
+CLOSE_NOT_RUNNING: Final = 4409
+CLOSE_UNAVAILABLE: Final = 4503
+
+STOPPED_MESSAGE: Final = "This workspace is not running. Start it to use the terminal."
+UNAVAILABLE_MESSAGE: Final = "The workspace runtime is not reachable; reconnecting in a moment."
+BEHIND_MESSAGE: Final = "The terminal fell behind its output; reconnecting."
+
+
+@dataclass(frozen=True)
+class TerminalAccess:
+    user_id: int
+    name: str
+    can_drive: bool
+    running: bool
+    sandbox_id: str
+
+
+@tenant_database_sync_to_async
+def _terminal_access(tenant: Organization, user: User, workspace_id: int) -> TerminalAccess | None:
+    """What this person may do with this workspace's terminal; None: refuse the socket."""
+    if not user.is_authenticated:
+        return None
+    membership = Membership.objects.filter(user=user, organization=tenant).only("role").first()
+    if membership is None or not role_allows(membership.role, "workspaces.view"):
+        return None
+    workspace = Workspace.objects.filter(pk=workspace_id).exclude(state=Workspace.State.DELETED).first()
+    if workspace is None:
+        return None
+    return TerminalAccess(
+        user_id=user.pk,
+        name=user.display_name,
+        can_drive=role_allows(membership.role, "workspaces.operate"),
+        running=workspace.is_running,
+        sandbox_id=workspace.sandbox_id,
+    )
+
+
+_runtime_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, str], AsyncRuntimeClient]
+] = weakref.WeakKeyDictionary()
+
+
+def _runtime() -> AsyncRuntimeClient:
+    """One gRPC channel per event loop (and settings), shared by its sockets."""
+    per_loop = _runtime_clients.setdefault(asyncio.get_running_loop(), {})
+    key = (str(settings.RUNTIME_ADDRESS), str(settings.RUNTIME_SECRET))
+    client = per_loop.get(key)
+    if client is None:
+        client = per_loop[key] = AsyncRuntimeClient(*key)
+    return client
+
+
+def _size(query: dict[str, list[str]], name: str, default: int, most: int) -> int:
+    try:
+        value = int(query.get(name, [str(default)])[0])
+    except ValueError:
+        return default
+    return value if 1 <= value <= most else default
+
+
+class TerminalConsumer(AsyncWebsocketConsumer):
+    tenant: Organization
+    sandbox_id: str
+    viewer: Viewer
+    room: TerminalRoom
+    group = ""  # the room's Channels group, once joined
+    stream: PtyStream | None = None
+    relay_task: asyncio.Task[None] | None = None
+    heartbeat_task: asyncio.Task[None] | None = None
+    joined = False
+    last_refusal = 0.0
+
+    async def connect(self) -> None:
+        tenant = self.scope.get("tenant")
+        if tenant is None:
+            await self.close(code=4404)
+            return
+        workspace_id = int(self.scope["url_route"]["kwargs"]["workspace_id"])
+        access = await _terminal_access(tenant, self.scope["user"], workspace_id)
+        if access is None:
+            await self.close(code=4403)
+            return
+        self.tenant = tenant
+        self.sandbox_id = access.sandbox_id
+        self.viewer = Viewer(
+            id=new_viewer_id(),
+            user_id=access.user_id,
+            name=access.name,
+            can_drive=access.can_drive,
+            joined_at=time.time(),
+        )
+        await self.accept()
+        await self._send_json({"type": "hello", "you": self.viewer.id, "can_drive": self.viewer.can_drive})
+        if not access.running:
+            await self._fail("stopped", STOPPED_MESSAGE, CLOSE_NOT_RUNNING)
+            return
+        self.room = TerminalRoom(tenant.schema_name, workspace_id)
+        self.group = room_group(tenant.schema_name, workspace_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.room.join(self.viewer)
+        self.joined = True
+        await self._announce_room()
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        rows = _size(query, "rows", 24, MAX_ROWS)
+        cols = _size(query, "cols", 80, MAX_COLS)
+        self.stream = await _runtime().open_pty(
+            tenant.schema_name, self.sandbox_id, SESSION, rows=rows, cols=cols, replay=True
+        )
+        self.relay_task = asyncio.create_task(self._relay(self.stream))
+        self.heartbeat_task = asyncio.create_task(self._heartbeat())
+
+    async def disconnect(self, code: int) -> None:
+        for task in (self.relay_task, self.heartbeat_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            with contextlib.suppress(Exception):
+                await stream.close()
+        if self.joined:
+            self.joined = False
+            await self.room.leave(self.viewer.id)
+            await self._announce_room()
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    # -- browser -> server ------------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if bytes_data is not None:
+            await self._input(bytes_data)
+            return
+        try:
+            message = json.loads(text_data or "")
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            await self._send_json({"type": "error", "code": "invalid", "message": "Expected a JSON object."})
+            return
+        kind = message.get("type")
+        if kind == "resize":
+            await self._resize(message)
+        elif kind == "take_control":
+            await self._take_control()
+        elif kind == "hand_over":
+            await self._hand_over(message.get("to"))
+        else:
+            await self._send_json(
+                {"type": "error", "code": "invalid", "message": f"Unknown message type {kind!r}."}
+            )
+
+    async def _input(self, data: bytes) -> None:
+        if self.stream is None:
+            return
+        if len(data) > MAX_INPUT_BYTES:
+            await self._refuse(
+                f"Input of more than {MAX_INPUT_BYTES // 1024} KiB at once was not sent.", force=True
+            )
+            return
+        if not self.viewer.can_drive:
+            await self._refuse("Your role can watch this terminal but not type in it.")
+            return
+        if not await self.room.note_input(self.viewer.id):
+            await self._refuse("You are following; take control to type.")
+            return
+        await self.stream.write(data)
+
+    async def _resize(self, message: dict[str, Any]) -> None:
+        rows, cols = message.get("rows"), message.get("cols")
+        if not (
+            isinstance(rows, int)
+            and isinstance(cols, int)
+            and 1 <= rows <= MAX_ROWS
+            and 1 <= cols <= MAX_COLS
+        ):
+            await self._send_json(
+                {
+                    "type": "error",
+                    "code": "invalid",
+                    "message": f"A resize needs whole rows (1-{MAX_ROWS}) and cols (1-{MAX_COLS}).",
+                }
+            )
+            return
+        if self.stream is None or not self.viewer.can_drive or not await self.room.note_input(self.viewer.id):
+            return  # a follower's window size does not change the shared screen
+        await self.stream.resize(rows, cols)
+        await self.channel_layer.group_send(self.group, {"type": "terminal.size", "rows": rows, "cols": cols})
+
+    async def _take_control(self) -> None:
+        if not self.joined:
+            return
+        if not self.viewer.can_drive:
+            await self._refuse("Your role can watch this terminal but not type in it.", force=True)
+            return
+        result = await self.room.take(self.viewer)
+        if result.taken:
+            await self._announce_room()
+            return
+        await self._refuse("Someone else is driving; they have been asked to hand over.", force=True)
+        await self.channel_layer.group_send(
+            self.group,
+            {
+                "type": "terminal.request",
+                "to": result.driver or "",
+                "by": self.viewer.id,
+                "name": self.viewer.name,
+            },
+        )
+
+    async def _hand_over(self, target: Any) -> None:
+        if not self.joined:
+            return
+        if target is not None and not isinstance(target, str):
+            await self._send_json(
+                {"type": "error", "code": "invalid", "message": "hand_over needs a viewer id or null."}
+            )
+            return
+        outcome = await self.room.hand_over(self.viewer.id, target or None)
+        if outcome in {"handed", "released"}:
+            await self._announce_room()
+            return
+        messages = {
+            "not_driver": "Only the driver can hand over control.",
+            "no_viewer": "That viewer has left.",
+            "cannot_drive": "That viewer's role cannot type in terminals.",
+        }
+        await self._refuse(messages.get(outcome, "Control was not handed over."), force=True)
+
+    # -- runtime -> browser -----------------------------------------------------------------------
+
+    async def _relay(self, stream: PtyStream) -> None:
+        try:
+            async for item in stream:
+                if isinstance(item, bytes):
+                    await self.send(bytes_data=item)
+                elif isinstance(item, PtyOpened):
+                    await self._send_json(
+                        {"type": "attached", "rows": item.rows, "cols": item.cols, "created": item.created}
+                    )
+                elif isinstance(item, PtyExited):
+                    if not await self._sandbox_running():
+                        break  # the workspace was stopped, which ended the shell
+                    await self._send_json({"type": "exit", "code": item.exit_code})
+                    await self.close(code=CLOSE_EXITED)
+                    return
+            # The stream ended without the shell exiting: the sandbox stopped under us.
+            await self._fail("stopped", STOPPED_MESSAGE, CLOSE_NOT_RUNNING)
+        except (SandboxNotRunning, SandboxNotFound):
+            await self._fail("stopped", STOPPED_MESSAGE, CLOSE_NOT_RUNNING)
+        except RuntimeUnavailable:
+            await self._fail("unavailable", UNAVAILABLE_MESSAGE, CLOSE_UNAVAILABLE)
+        except LimitExceeded:
+            # This socket fell too far behind the output (a slow network); attaching again catches up.
+            await self._fail("behind", BEHIND_MESSAGE, CLOSE_UNAVAILABLE)
+        except RuntimeServiceError as exc:
+            logger.warning("terminal of %s failed: %s", self.viewer.id, exc)
+            await self._fail("runtime", f"The terminal failed: {exc}", CLOSE_UNAVAILABLE)
+
+    async def _sandbox_running(self) -> bool:
+        try:
+            return (await _runtime().get_sandbox(self.tenant.schema_name, self.sandbox_id)).running
+        except RuntimeServiceError:
+            return False
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if not await self.room.heartbeat(self.viewer.id):
+                await self.room.join(self.viewer)  # dropped as stale (a long pause): back in
+                await self._announce_room()
+            elif (await self.room.snapshot()).dropped:
+                await self._announce_room()  # someone's web process died; show them gone
+
+    # -- group events -----------------------------------------------------------------------------
+
+    async def terminal_room(self, event: dict[str, Any]) -> None:
+        await self._send_json({"type": "room", "viewers": event["viewers"], "driver": event["driver"]})
+
+    async def terminal_size(self, event: dict[str, Any]) -> None:
+        await self._send_json({"type": "size", "rows": event["rows"], "cols": event["cols"]})
+
+    async def terminal_request(self, event: dict[str, Any]) -> None:
+        if event["to"] == self.viewer.id:
+            await self._send_json({"type": "control_requested", "by": event["by"], "name": event["name"]})
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    async def _announce_room(self) -> None:
+        room = await self.room.snapshot()
+        await self.channel_layer.group_send(self.group, {"type": "terminal.room", **room.payload()})
+
+    async def _send_json(self, message: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(message))
+
+    async def _refuse(self, message: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_refusal < REFUSAL_INTERVAL_SECONDS:
+            return
+        self.last_refusal = now
+        await self._send_json({"type": "refused", "message": message})
+
+    async def _fail(self, code: str, message: str, close_code: int) -> None:
+        await self._send_json({"type": "error", "code": code, "message": message})
+        await self.close(code=close_code)
