@@ -13,4 +13,5 @@ urlpatterns = [
     path("api/v1/", include("config.urls_api")),
     path("", include("apps.tenancy.urls_pages")),
     path("", include("apps.tenancy.urls_sso_pages")),
+    path("", include("apps.workspaces.urls_pages")),
 ]

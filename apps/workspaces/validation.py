@@ -2,7 +2,6 @@
 network allow-list entries, environment variable names and workspace paths. Each
 check raises Invalid naming the field at fault."""
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 from django.conf import settings
 
 from apps.core.errors import Invalid
+from runtime.netpolicy import format_allow_entry, parse_allow_entry
+from runtime.templates import TEMPLATES
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -40,16 +41,7 @@ class Template:
 
 def templates() -> dict[str, Template]:
     """The runtime's templates (runtime/templates.py), as choices with descriptions."""
-    try:
-        from runtime.templates import TEMPLATES
-    except ImportError:  # the runtime package without its templates module: only the base image
-        return {"base": Template("base", "Base", "A shell with git and the host's common tools.")}
-    found: dict[str, Template] = {}
-    for key, value in dict(TEMPLATES).items():
-        title = str(getattr(value, "title", "") or getattr(value, "name", "") or key)
-        description = str(getattr(value, "description", "") or "")
-        found[str(key)] = Template(str(key), title, description)
-    return found
+    return {key: Template(key, key.capitalize(), template.description) for key, template in TEMPLATES.items()}
 
 
 def validate_template(key: str) -> str:
@@ -95,41 +87,17 @@ def validate_resources(
     )
 
 
-def _fallback_allow_entry(entry: str) -> str:
-    host, separator, port = entry.rpartition(":")
-    host = host.strip("[]")
-    if not separator or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError("expected host:port with a port from 1 to 65535")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        labels = host.rstrip(".").split(".")
-        if not all(
-            re.fullmatch(r"(\*|[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)", label) for label in labels
-        ):
-            raise ValueError(f"{host!r} is not a host name or an IP address") from None
-    return f"{host.lower()}:{int(port)}"
-
-
 def validate_network_allow(entries: Any) -> list[str]:
     if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
         raise Invalid('network_allow must be a list of "host:port" strings.', field="network_allow")
     if len(entries) > MAX_ALLOW_ENTRIES:
         raise Invalid(f"At most {MAX_ALLOW_ENTRIES} allow-list entries.", field="network_allow")
-    try:
-        from runtime.netpolicy import parse_allow_entry
-    except ImportError:
-        parse_allow_entry = None
     cleaned: list[str] = []
     for raw in entries:
-        entry = raw.strip()
         try:
-            if parse_allow_entry is not None:
-                parse_allow_entry(entry)
-            else:
-                entry = _fallback_allow_entry(entry)
+            entry = format_allow_entry(*parse_allow_entry(raw))
         except ValueError as exc:
-            raise Invalid(f"Invalid allow-list entry {raw!r}: {exc}", field="network_allow") from None
+            raise Invalid(f"Invalid allow-list entry: {exc}", field="network_allow") from None
         if entry not in cleaned:
             cleaned.append(entry)
     return cleaned
