@@ -15,6 +15,7 @@ from apps.tenancy.audit import Actor
 from apps.tenancy.models import Organization
 from apps.workspaces import services
 from apps.workspaces.models import Workspace
+from apps.workspaces.runtime import runtime_client
 from tests.api.conftest import key_client, new_key, throttle_reset
 from tests.conftest import World, free_port
 
@@ -74,8 +75,11 @@ def make_workspace(world: World, organization: Organization | None = None, **kwa
         return services.workspace_create(actor=Actor(user=owner), organization=organization, **kwargs)
 
 
+Cleanup = list[tuple[Organization, Workspace]]
+
+
 @pytest.fixture
-def workspaces_cleanup(world: World) -> Iterator[list[tuple[Organization, Workspace]]]:
+def workspaces_cleanup(world: World) -> Iterator[Cleanup]:
     """Workspaces a test made on the runtime; destroyed there afterwards (their rows roll back)."""
     made: list[tuple[Organization, Workspace]] = []
     yield made
@@ -83,11 +87,11 @@ def workspaces_cleanup(world: World) -> Iterator[list[tuple[Organization, Worksp
 
     for organization, workspace in made:
         with in_schema(organization), suppress(RuntimeServiceError):
-            services.runtime_client().destroy_sandbox(organization.schema_name, workspace.sandbox_id)
+            runtime_client().destroy_sandbox(organization.schema_name, workspace.sandbox_id)
 
 
 @pytest.fixture
-def running(world: World, runtime_server: Any, workspaces_cleanup: list[Any]) -> Workspace:
+def running(world: World, runtime_server: Any, workspaces_cleanup: Cleanup) -> Workspace:
     """A running workspace of Alpha on the real runtime."""
     workspace = make_workspace(world, name="running-one")
     workspaces_cleanup.append((world.alpha, workspace))

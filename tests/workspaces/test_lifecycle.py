@@ -11,13 +11,13 @@ from apps.workspaces.models import Workspace
 from tests.api.conftest import error_of
 from tests.conftest import World
 from tests.runtime_server import RuntimeServer
-from tests.workspaces.conftest import api_call, in_schema
+from tests.workspaces.conftest import Cleanup, api_call, in_schema
 
 pytestmark = pytest.mark.django_db
 
 
 def test_create_exec_stop_start_archive_destroy(
-    world: World, alpha_api: Client, runtime_server: RuntimeServer, workspaces_cleanup: list
+    world: World, alpha_api: Client, runtime_server: RuntimeServer, workspaces_cleanup: Cleanup
 ) -> None:
     created = api_call(
         alpha_api,
@@ -110,7 +110,7 @@ def test_create_exec_stop_start_archive_destroy(
 
 
 def test_a_name_is_free_again_once_its_workspace_is_destroyed(
-    world: World, alpha_api: Client, runtime_server: RuntimeServer, workspaces_cleanup: list
+    world: World, alpha_api: Client, runtime_server: RuntimeServer, workspaces_cleanup: Cleanup
 ) -> None:
     first = api_call(alpha_api, "post", "/workspaces", {"name": "reused", "start": False})
     assert first.status_code == 201
@@ -126,7 +126,7 @@ def test_a_name_is_free_again_once_its_workspace_is_destroyed(
 
 
 def test_a_workspace_made_while_the_runtime_was_away_gets_its_sandbox_on_first_start(
-    world: World, alpha_api: Client, runtime_server: RuntimeServer, workspaces_cleanup: list
+    world: World, alpha_api: Client, runtime_server: RuntimeServer, workspaces_cleanup: Cleanup
 ) -> None:
     from apps.tenancy.audit import Actor
     from apps.workspaces import services
