@@ -9,7 +9,7 @@ from apps.workspaces.models import Secret, Workspace
 from apps.workspaces.runtime import runtime_client, runtime_errors, tenant
 from apps.workspaces.services import require_files
 from apps.workspaces.validation import validate_path
-from runtime.client import FileEntry, SandboxInfo, SandboxNotFound
+from runtime.client import FileEntry, InvalidRequest, SandboxInfo, SandboxNotFound
 
 # What a read of a file returns at most (the API and the file viewer); larger files are cut.
 READ_LIMIT_BYTES = 1024 * 1024
@@ -59,6 +59,18 @@ def workspace_path_read(*, workspace: Workspace, path: str, limit: int = READ_LI
             entries = client.list_dir(tenant(), workspace.sandbox_id, path)
             entries.sort(key=lambda item: (item.kind != "dir", item.name.lower()))
             return PathContent(entry=entry, entries=entries)
+        if entry.kind == "symlink":
+            # Followed by the runtime only while it stays inside the workspace (else 400).
+            try:
+                data = client.read_file(tenant(), workspace.sandbox_id, path, limit=limit + 1)
+            except InvalidRequest as not_a_file:
+                try:
+                    entries = client.list_dir(tenant(), workspace.sandbox_id, path)
+                except InvalidRequest:
+                    raise not_a_file from None
+                entries.sort(key=lambda item: (item.kind != "dir", item.name.lower()))
+                return PathContent(entry=entry, entries=entries)
+            return PathContent(entry=entry, data=data[:limit], truncated=len(data) > limit)
         if entry.kind != "file":
             return PathContent(entry=entry)
         data = client.read_file(tenant(), workspace.sandbox_id, path, limit=limit + 1)
