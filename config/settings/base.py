@@ -48,7 +48,9 @@ def channel_layers_for(redis_url: str, *, prefix: str) -> dict[str, Any]:
     return {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [redis_url], "prefix": prefix},
+            # redis-py 8 reads with a 5 s socket timeout by default, the same as channels_redis's
+            # blocking pop: an idle socket's consumer then died with TimeoutError after a few seconds.
+            "CONFIG": {"hosts": [{"address": redis_url, "socket_timeout": 30}], "prefix": prefix},
         }
     }
 
