@@ -49,7 +49,8 @@ def test_local_and_file_clones_branch_status_diff_commit_and_push(world: World, 
     _sh(
         alice,
         running,
-        "git init -q -b main origin && cd origin && echo one > README.md && git add . && git commit -qm first",
+        "git init -q -b main origin && cd origin && echo one > README.md"
+        " && git add . && git commit -qm first",
     )
 
     local = api_call(alice, "post", f"{base}/clone", {"url": "origin", "path": "copy"})
