@@ -140,7 +140,10 @@
           var wasDriving = driving();
           room = { viewers: message.viewers, driver: message.driver };
           renderRoom();
-          if (driving() !== wasDriving) applySize();
+          if (driving() !== wasDriving) {
+            applySize();
+            say(driving() ? "" : "You are following; take control to type.");
+          }
           if (driving() && !wasDriving) term.focus();
           break;
         case "size":
