@@ -26,6 +26,7 @@ ADMIN_EMAIL = "admin@agentyard.local"
 DEMO_EMAIL = "demo@agentyard.local"
 DEMO_SLUG = "demo"
 DEMO_NAME = "Demo"
+DEMO_WORKSPACE = "demo"
 
 
 class Command(BaseCommand):
@@ -62,6 +63,8 @@ class Command(BaseCommand):
             membership.role = Membership.Role.OWNER
             membership.save(update_fields=["role"])
 
+        _demo_workspace_ensure(organization=organization, owner=demo)
+
         logins = {
             "organization": {"slug": organization.slug, "host": organization_host(organization)},
             "admin": {"email": admin.email, "password": passwords["admin"]},
@@ -73,6 +76,29 @@ class Command(BaseCommand):
         self.stdout.write(f"Organization {organization.name!r} at {logins['organization']['host']}")
         self.stdout.write(f"Owner: {demo.email} / {passwords['demo']}")
         self.stdout.write(f"Staff: {admin.email} / {passwords['admin']}")
+
+
+def _demo_workspace_ensure(*, organization: Organization, owner: User) -> None:
+    """A "demo" workspace, in the database only: its sandbox is made when someone starts
+    it (the runtime may not be up yet while this runs)."""
+    from django_tenants.utils import schema_context
+
+    from apps.tenancy.audit import Actor
+    from apps.workspaces.models import Workspace
+    from apps.workspaces.services import workspace_create
+
+    with schema_context(organization.schema_name):
+        if Workspace.objects.exclude(state=Workspace.State.DELETED).filter(name=DEMO_WORKSPACE).exists():
+            return
+        workspace_create(
+            actor=Actor(user=owner),
+            organization=organization,
+            name=DEMO_WORKSPACE,
+            template="python",
+            repo_url="",
+            start=False,
+            provision=False,
+        )
 
 
 def _user_ensure(*, email: str, password: str, staff: bool) -> User:
