@@ -56,6 +56,7 @@ PROXY_PORT = 3128
 OUTGOING_LIMIT = 256 * 1024
 COMMAND_OOM_SCORE = 500
 REQUEST_TIMEOUT = 10.0
+LINGER_SECONDS = 10.0
 
 
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
@@ -168,6 +169,7 @@ class Exec:
         self.timed_out = False
         self.abandoned = False
         self.finished = False  # the exit frame is queued (or nobody waits for it)
+        self.finished_at = 0.0
         self.deadline = time.monotonic() + float(request["timeout"])
         self.drain_until = 0.0
         self.spawn(request)
@@ -221,7 +223,11 @@ class Exec:
 
     def fail(self, code: int, message: str) -> None:
         self.outgoing += frame(b"2", message.encode()) + exit_frame(code)
+        self.finish()
+
+    def finish(self) -> None:
         self.finished = True
+        self.finished_at = time.monotonic()
 
     def handle_frame(self, kind: bytes, payload: bytes) -> None:
         if kind == b"I" and self.stdin_open:
@@ -263,7 +269,7 @@ class Exec:
         if self.status is not None and (not self.streams or now >= self.drain_until):
             self.close_pipes()
             self.outgoing += exit_frame(exit_code(self.status), self.timed_out)
-            self.finished = True
+            self.finish()
 
     def close_pipes(self) -> None:
         for fd in [*self.streams, self.stdin_w]:
@@ -326,13 +332,15 @@ class Exec:
         if self.pid and self.status is None:
             kill_group(self.pid)
         self.close_pipes()
-        self.finished = True
+        self.finish()
 
-    @property
-    def done(self) -> bool:
-        """Nothing left to do: the command is reaped and its reply sent (or unwanted)."""
-        reaped = self.pidfd < 0
-        return reaped and self.finished and (self.abandoned or not self.outgoing)
+    def is_done(self, now: float) -> bool:
+        """Nothing left to do: the command is reaped, and the runtime has closed the
+        connection after reading the reply (closing first, with the runtime's last frames
+        unread, would reset the connection under the reply), or never will."""
+        if self.pidfd >= 0 or not self.finished:
+            return False
+        return self.abandoned or (not self.outgoing and now - self.finished_at > LINGER_SECONDS)
 
 
 def serve_pty(conn: Any, request: dict[str, Any], frames: Frames, pending: list[tuple[bytes, bytes]]) -> None:
@@ -551,7 +559,7 @@ def main() -> None:
         now = time.monotonic()
         for item in list(running):
             item.tick(now)
-            if item.done:
+            if item.is_done(now):
                 item.conn.close()
                 running.remove(item)
         for fd, waiting in list(pending.items()):
