@@ -379,6 +379,8 @@ class BwrapBackend(Backend):
                     bwrap += ["--ro-bind", str(host), f"/{name}"]
             tmpfs_size = str(max(config.memory_bytes, 16 * 1024 * 1024))
             bwrap += ["--proc", "/proc", "--dev", "/dev"]
+            bwrap += ["--size", tmpfs_size, "--tmpfs", "/dev/shm"]  # noqa: S108 (inside)
+            bwrap += ["--remount-ro", "/dev"]
             bwrap += ["--perms", "1777", "--size", tmpfs_size, "--tmpfs", "/tmp"]  # noqa: S108 (inside)
             bwrap += ["--dir", "/var", "--symlink", "../tmp", "/var/tmp"]  # noqa: S108 (inside)
             bwrap += ["--perms", "0700", "--size", tmpfs_size, "--tmpfs", HOME]
