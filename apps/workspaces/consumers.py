@@ -68,7 +68,15 @@ from apps.tenancy.channels import tenant_database_sync_to_async
 from apps.tenancy.models import Membership, Organization
 from apps.tenancy.roles import role_allows
 from apps.workspaces.models import Workspace
-from apps.workspaces.terminals import HEARTBEAT_SECONDS, TerminalRoom, Viewer, new_viewer_id, room_group
+from apps.workspaces.terminals import (
+    ACTIVITY_NOTE_SECONDS,
+    HEARTBEAT_SECONDS,
+    Room,
+    TerminalRoom,
+    Viewer,
+    new_viewer_id,
+    room_group,
+)
 from runtime.client import (
     AsyncRuntimeClient,
     LimitExceeded,
@@ -89,6 +97,7 @@ MAX_ROWS: Final = 500
 MAX_COLS: Final = 1000
 # At most one "refused" message a second: a follower typing gets told, not flooded.
 REFUSAL_INTERVAL_SECONDS: Final = 1.0
+STOP_SETTLE_SECONDS: Final = 3.0
 
 CLOSE_EXITED: Final = 4000
 CLOSE_NOT_RUNNING: Final = 4409
@@ -161,7 +170,11 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     relay_task: asyncio.Task[None] | None = None
     heartbeat_task: asyncio.Task[None] | None = None
     joined = False
+    # Whether this socket drives, kept from the room's announcements (newest version wins).
+    driving = False
+    room_version = -1
     last_refusal = 0.0
+    last_activity_note = 0.0
 
     async def connect(self) -> None:
         tenant = self.scope.get("tenant")
@@ -190,7 +203,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.room = TerminalRoom(tenant.schema_name, workspace_id)
         self.group = room_group(tenant.schema_name, workspace_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.room.join(self.viewer)
+        self.driving = await self.room.join(self.viewer)
         self.joined = True
         await self._announce_room()
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -253,10 +266,15 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         if not self.viewer.can_drive:
             await self._refuse("Your role can watch this terminal but not type in it.")
             return
-        if not await self.room.note_input(self.viewer.id):
+        if not self.driving:
             await self._refuse("You are following; take control to type.")
             return
         await self.stream.write(data)
+        now = time.monotonic()
+        if now - self.last_activity_note > ACTIVITY_NOTE_SECONDS:
+            self.last_activity_note = now
+            if not await self.room.note_activity(self.viewer.id):
+                self.driving = False  # someone took over a moment ago; the announcement is on its way
 
     async def _resize(self, message: dict[str, Any]) -> None:
         rows, cols = message.get("rows"), message.get("cols")
@@ -274,7 +292,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 }
             )
             return
-        if self.stream is None or not self.viewer.can_drive or not await self.room.note_input(self.viewer.id):
+        if self.stream is None or not self.driving:
             return  # a follower's window size does not change the shared screen
         await self.stream.resize(rows, cols)
         await self.channel_layer.group_send(self.group, {"type": "terminal.size", "rows": rows, "cols": cols})
@@ -287,6 +305,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             return
         result = await self.room.take(self.viewer)
         if result.taken:
+            self.driving = True
             await self._announce_room()
             return
         await self._refuse("Someone else is driving; they have been asked to hand over.", force=True)
@@ -310,6 +329,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             return
         outcome = await self.room.hand_over(self.viewer.id, target or None)
         if outcome in {"handed", "released"}:
+            self.driving = False
             await self._announce_room()
             return
         messages = {
@@ -331,7 +351,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                         {"type": "attached", "rows": item.rows, "cols": item.cols, "created": item.created}
                     )
                 elif isinstance(item, PtyExited):
-                    if not await self._sandbox_running():
+                    if await self._sandbox_stopping(killed=item.exit_code < 0):
                         break  # the workspace was stopped, which ended the shell
                     await self._send_json({"type": "exit", "code": item.exit_code})
                     await self.close(code=CLOSE_EXITED)
@@ -349,11 +369,19 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             logger.warning("terminal of %s failed: %s", self.viewer.id, exc)
             await self._fail("runtime", f"The terminal failed: {exc}", CLOSE_UNAVAILABLE)
 
-    async def _sandbox_running(self) -> bool:
-        try:
-            return (await _runtime().get_sandbox(self.tenant.schema_name, self.sandbox_id)).running
-        except RuntimeServiceError:
-            return False
+    async def _sandbox_stopping(self, *, killed: bool) -> bool:
+        """Whether the shell ended because its sandbox stops. A stop kills the shell first and
+        says "stopped" a moment later, so a killed shell gets a few looks."""
+        deadline = time.monotonic() + (STOP_SETTLE_SECONDS if killed else 0)
+        while True:
+            try:
+                if not (await _runtime().get_sandbox(self.tenant.schema_name, self.sandbox_id)).running:
+                    return True
+            except RuntimeServiceError:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -361,13 +389,18 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             if not await self.room.heartbeat(self.viewer.id):
                 await self.room.join(self.viewer)  # dropped as stale (a long pause): back in
                 await self._announce_room()
-            elif (await self.room.snapshot()).dropped:
-                await self._announce_room()  # someone's web process died; show them gone
+                continue
+            room = await self.room.snapshot()
+            if room.dropped:
+                await self._announce_room(room)  # someone's web process died; show them gone
+            else:
+                self._learn(room.driver, room.version)  # in case an announcement was lost
 
     # -- group events -----------------------------------------------------------------------------
 
     async def terminal_room(self, event: dict[str, Any]) -> None:
-        await self._send_json({"type": "room", "viewers": event["viewers"], "driver": event["driver"]})
+        if self._learn(event["driver"], event["version"]):
+            await self._send_json({"type": "room", "viewers": event["viewers"], "driver": event["driver"]})
 
     async def terminal_size(self, event: dict[str, Any]) -> None:
         await self._send_json({"type": "size", "rows": event["rows"], "cols": event["cols"]})
@@ -378,9 +411,17 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    async def _announce_room(self) -> None:
-        room = await self.room.snapshot()
+    async def _announce_room(self, room: Room | None = None) -> None:
+        room = room or await self.room.snapshot()
         await self.channel_layer.group_send(self.group, {"type": "terminal.room", **room.payload()})
+
+    def _learn(self, driver: str | None, version: int) -> bool:
+        """Takes the room's state if it is newer than what this socket knows; True if it was."""
+        if version < self.room_version:
+            return False
+        self.room_version = version
+        self.driving = driver == self.viewer.id
+        return True
 
     async def _send_json(self, message: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(message))

@@ -24,10 +24,14 @@ State lives in Redis so every web process sees the same room, per workspace
     terminal:<schema>:<workspace id>:seen    sorted set: viewer id -> last heartbeat
     terminal:<schema>:<workspace id>:info    hash: viewer id -> JSON (user, name, may drive, joined)
     terminal:<schema>:<workspace id>:driver  hash: viewer, user, active (time of its last input)
+    terminal:<schema>:<workspace id>:version counter, incremented by every change
 
 Every change is one Lua script, so two tabs taking control at once cannot both
 win. Changes are announced to the sockets by the consumer through a Channels
-group (`room_group`); this module only keeps the state.
+group (`room_group`) with the room's version; a socket keeps the newest it has
+seen, also as its own "may I type" flag, so a keystroke costs no Redis round
+trip. The flag is only ever stale for the few milliseconds an announcement
+takes, and only towards someone who just lost control by another's hand.
 """
 
 from __future__ import annotations
@@ -51,33 +55,41 @@ STALE_SECONDS: Final = 45.0
 DRIVER_IDLE_SECONDS: Final = 300.0
 # A room nobody has touched for this long is removed from Redis altogether.
 ROOM_TTL_SECONDS: Final = 24 * 3600
+# The driver's last keystroke is noted in Redis at most this often (for DRIVER_IDLE_SECONDS).
+ACTIVITY_NOTE_SECONDS: Final = 10.0
+
+# Every script gets the same KEYS: seen, info, driver, version. A script that changes
+# the room increments `version`, which every announcement carries, so a socket that
+# receives two announcements out of order keeps the newer one.
 
 _JOIN = """
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[7]) end
+redis.call('INCR', KEYS[4])
+local drives = 0
 if ARGV[4] == '1' then
   local current = redis.call('HGET', KEYS[3], 'viewer')
   local seen = current and redis.call('ZSCORE', KEYS[1], current)
   if not seen or tonumber(seen) < tonumber(ARGV[6]) then
     redis.call('HSET', KEYS[3], 'viewer', ARGV[1], 'user', ARGV[5], 'active', ARGV[3])
-    redis.call('EXPIRE', KEYS[3], ARGV[7])
-    return 1
+    drives = 1
   end
 end
-return 0
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[7]) end
+return drives
 """
 
 _HEARTBEAT = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return 1
 """
 
 _LEAVE = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('INCR', KEYS[4])
 if redis.call('HGET', KEYS[3], 'viewer') == ARGV[1] then
   redis.call('DEL', KEYS[3])
   return 1
@@ -87,19 +99,21 @@ return 0
 
 # '' when the caller drives now, else the id of the driver who keeps control.
 _TAKE = """
-local current = redis.call('HGET', KEYS[2], 'viewer')
-if current and current ~= ARGV[1] then
+local current = redis.call('HGET', KEYS[3], 'viewer')
+if current == ARGV[1] then return '' end
+if current then
   local seen = redis.call('ZSCORE', KEYS[1], current)
   if seen and tonumber(seen) >= tonumber(ARGV[5]) then
-    local user = redis.call('HGET', KEYS[2], 'user')
-    local active = tonumber(redis.call('HGET', KEYS[2], 'active') or '0')
+    local user = redis.call('HGET', KEYS[3], 'user')
+    local active = tonumber(redis.call('HGET', KEYS[3], 'active') or '0')
     if user ~= ARGV[2] and tonumber(ARGV[3]) - active < tonumber(ARGV[4]) then
       return current
     end
   end
 end
-redis.call('HSET', KEYS[2], 'viewer', ARGV[1], 'user', ARGV[2], 'active', ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('HSET', KEYS[3], 'viewer', ARGV[1], 'user', ARGV[2], 'active', ARGV[3])
+redis.call('INCR', KEYS[4])
+for i = 3, 4 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 return ''
 """
 
@@ -107,6 +121,7 @@ _HAND_OVER = """
 if redis.call('HGET', KEYS[3], 'viewer') ~= ARGV[1] then return 'not_driver' end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[3])
+  redis.call('INCR', KEYS[4])
   return 'released'
 end
 local seen = redis.call('ZSCORE', KEYS[1], ARGV[2])
@@ -115,13 +130,14 @@ if not seen or not info or tonumber(seen) < tonumber(ARGV[4]) then return 'no_vi
 local viewer = cjson.decode(info)
 if not viewer['can_drive'] then return 'cannot_drive' end
 redis.call('HSET', KEYS[3], 'viewer', ARGV[2], 'user', viewer['user_id'], 'active', ARGV[3])
+redis.call('INCR', KEYS[4])
 return 'handed'
 """
 
-# 1 when the viewer drives (and its activity is noted), else 0: one round trip per keystroke.
-_INPUT = """
-if redis.call('HGET', KEYS[1], 'viewer') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'active', ARGV[2])
+# 1 when the viewer drives (and its activity is noted), else 0.
+_ACTIVITY = """
+if redis.call('HGET', KEYS[3], 'viewer') == ARGV[1] then
+  redis.call('HSET', KEYS[3], 'active', ARGV[2])
   return 1
 end
 return 0
@@ -138,7 +154,9 @@ if driver and not redis.call('ZSCORE', KEYS[1], driver) then
   redis.call('DEL', KEYS[3])
   driver = false
 end
-return {driver or '', #stale, redis.call('HVALS', KEYS[2])}
+local version
+if #stale > 0 then version = redis.call('INCR', KEYS[4]) else version = redis.call('GET', KEYS[4]) or 0 end
+return {driver or '', #stale, redis.call('HVALS', KEYS[2]), tonumber(version)}
 """
 
 
@@ -183,13 +201,18 @@ class Room:
 
     viewers: list[Viewer]
     driver: str | None
+    version: int = 0  # grows with every change; the newest announcement wins
     dropped: int = 0  # stale entries removed while reading
 
     def viewer(self, viewer_id: str) -> Viewer | None:
         return next((viewer for viewer in self.viewers if viewer.id == viewer_id), None)
 
     def payload(self) -> dict[str, Any]:
-        return {"viewers": [viewer.payload() for viewer in self.viewers], "driver": self.driver}
+        return {
+            "viewers": [viewer.payload() for viewer in self.viewers],
+            "driver": self.driver,
+            "version": self.version,
+        }
 
 
 @dataclass(frozen=True)
@@ -246,40 +269,34 @@ class TerminalRoom:
         self.seen_key = f"{prefix}:seen"
         self.info_key = f"{prefix}:info"
         self.driver_key = f"{prefix}:driver"
+        self.version_key = f"{prefix}:version"
 
-    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        return await _connection().script(script)(keys=keys, args=args)
+    async def _run(self, script: str, *args: Any) -> Any:
+        keys = [self.seen_key, self.info_key, self.driver_key, self.version_key]
+        return await _connection().script(script)(keys=keys, args=list(args))
 
     async def join(self, viewer: Viewer) -> bool:
         """Adds the viewer; True when it became the driver."""
         now = time.time()
         drives = await self._run(
             _JOIN,
-            [self.seen_key, self.info_key, self.driver_key],
-            [
-                viewer.id,
-                viewer.to_json(),
-                now,
-                "1" if viewer.can_drive else "0",
-                str(viewer.user_id),
-                now - STALE_SECONDS,
-                int(ROOM_TTL_SECONDS),
-            ],
+            viewer.id,
+            viewer.to_json(),
+            now,
+            "1" if viewer.can_drive else "0",
+            str(viewer.user_id),
+            now - STALE_SECONDS,
+            ROOM_TTL_SECONDS,
         )
         return bool(drives)
 
     async def heartbeat(self, viewer_id: str) -> bool:
         """False when the entry is gone (dropped as stale): the caller should join again."""
-        alive = await self._run(
-            _HEARTBEAT,
-            [self.seen_key, self.info_key, self.driver_key],
-            [viewer_id, time.time(), int(ROOM_TTL_SECONDS)],
-        )
-        return bool(alive)
+        return bool(await self._run(_HEARTBEAT, viewer_id, time.time(), ROOM_TTL_SECONDS))
 
     async def leave(self, viewer_id: str) -> bool:
         """Removes the viewer; True when it was the driver."""
-        return bool(await self._run(_LEAVE, [self.seen_key, self.info_key, self.driver_key], [viewer_id]))
+        return bool(await self._run(_LEAVE, viewer_id))
 
     async def take(self, viewer: Viewer) -> TakeResult:
         if not viewer.can_drive:
@@ -288,15 +305,12 @@ class TerminalRoom:
         keeper = _text(
             await self._run(
                 _TAKE,
-                [self.seen_key, self.driver_key],
-                [
-                    viewer.id,
-                    str(viewer.user_id),
-                    now,
-                    DRIVER_IDLE_SECONDS,
-                    now - STALE_SECONDS,
-                    int(ROOM_TTL_SECONDS),
-                ],
+                viewer.id,
+                str(viewer.user_id),
+                now,
+                DRIVER_IDLE_SECONDS,
+                now - STALE_SECONDS,
+                ROOM_TTL_SECONDS,
             )
         )
         if keeper:
@@ -306,20 +320,13 @@ class TerminalRoom:
     async def hand_over(self, from_id: str, to_id: str | None) -> str:
         """One of HAND_OVER_OUTCOMES; `to_id` None releases control to nobody."""
         now = time.time()
-        outcome = await self._run(
-            _HAND_OVER,
-            [self.seen_key, self.info_key, self.driver_key],
-            [from_id, to_id or "", now, now - STALE_SECONDS],
-        )
-        return _text(outcome)
+        return _text(await self._run(_HAND_OVER, from_id, to_id or "", now, now - STALE_SECONDS))
 
-    async def note_input(self, viewer_id: str) -> bool:
-        """True when the viewer drives (its input may go to the shell); notes the activity."""
-        return bool(await self._run(_INPUT, [self.driver_key], [viewer_id, time.time()]))
+    async def note_activity(self, viewer_id: str) -> bool:
+        """Notes that the driver typed (for DRIVER_IDLE_SECONDS); False when it no longer drives."""
+        return bool(await self._run(_ACTIVITY, viewer_id, time.time()))
 
     async def snapshot(self) -> Room:
-        driver, dropped, infos = await self._run(
-            _SNAPSHOT, [self.seen_key, self.info_key, self.driver_key], [time.time() - STALE_SECONDS]
-        )
+        driver, dropped, infos, version = await self._run(_SNAPSHOT, time.time() - STALE_SECONDS)
         viewers = sorted((Viewer.from_json(raw) for raw in infos), key=lambda viewer: viewer.joined_at)
-        return Room(viewers=viewers, driver=_text(driver) or None, dropped=int(dropped))
+        return Room(viewers=viewers, driver=_text(driver) or None, version=int(version), dropped=int(dropped))

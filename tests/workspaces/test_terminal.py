@@ -406,6 +406,30 @@ def test_stopping_the_workspace_under_an_open_terminal_tells_the_page(
     assert client.last("error")["code"] == "stopped"
 
 
+def test_exiting_the_shell_says_so_and_the_next_connection_gets_a_new_one(
+    asgi_server: LiveServer, world: World, workspace: Workspace
+) -> None:
+    cookie = session_cookie_for(world.alice)
+
+    async def scenario() -> tuple[TerminalClient, TerminalClient]:
+        async with ws_connect(asgi_server, world.alpha, terminal_path(workspace), cookie=cookie) as socket:
+            ended = await TerminalClient(socket).attached()
+            await ended.until_room(lambda room: room["driver"] == ended.me)
+            await ended.type("exit 3\r")
+            await ended.until(lambda me: me.close_code is not None)
+        async with ws_connect(asgi_server, world.alpha, terminal_path(workspace), cookie=cookie) as socket:
+            fresh = await TerminalClient(socket).attached()
+            await fresh.until_room(lambda room: room["driver"] == fresh.me)
+            await fresh.type("echo new-$((5*5))\r")
+            await fresh.until_line("new-25")
+        return ended, fresh
+
+    ended, fresh = asyncio.run(scenario())
+    assert ended.last("exit") == {"type": "exit", "code": 3}
+    assert ended.close_code == 4000
+    assert fresh.first("attached")["created"] is True
+
+
 def test_bad_control_messages_get_a_clear_error_and_the_terminal_stays(
     asgi_server: LiveServer, world: World, workspace: Workspace
 ) -> None:

@@ -28,7 +28,7 @@ def run(scenario: Callable[[TerminalRoom], Awaitable[T]]) -> T:
             return await scenario(room)
         finally:
             client = aioredis.Redis.from_url(settings.REDIS_URL)
-            await client.delete(room.seen_key, room.info_key, room.driver_key)
+            await client.delete(room.seen_key, room.info_key, room.driver_key, room.version_key)
             await client.aclose()
 
     return asyncio.run(wrapped())
@@ -51,18 +51,39 @@ def test_a_watch_only_role_never_drives_even_when_nobody_does() -> None:
     async def scenario(room: TerminalRoom) -> tuple[bool, bool, str | None, bool]:
         joined = await room.join(vera)
         took = (await room.take(vera)).taken
-        return joined, took, (await room.snapshot()).driver, await room.note_input(vera.id)
+        return joined, took, (await room.snapshot()).driver, await room.note_activity(vera.id)
 
     assert run(scenario) == (False, False, None, False)
 
 
-def test_only_the_drivers_input_is_let_through() -> None:
+def test_every_change_gets_a_newer_version_so_late_announcements_lose() -> None:
+    alice, amy = viewer(1, "Alice"), viewer(2, "Amy")
+
+    async def scenario(room: TerminalRoom) -> list[int]:
+        versions = []
+        for change in (
+            room.join(alice),
+            room.join(amy),
+            room.hand_over(alice.id, amy.id),
+            room.take(alice),  # refused: Amy is active
+            room.leave(amy.id),
+        ):
+            await change
+            versions.append((await room.snapshot()).version)
+        return versions
+
+    first, second, handed, refused, left = run(scenario)
+    assert first < second < handed < left
+    assert refused == handed
+
+
+def test_only_the_driver_counts_as_typing() -> None:
     alice, amy = viewer(1, "Alice"), viewer(2, "Amy")
 
     async def scenario(room: TerminalRoom) -> tuple[bool, bool]:
         await room.join(alice)
         await room.join(amy)
-        return await room.note_input(alice.id), await room.note_input(amy.id)
+        return await room.note_activity(alice.id), await room.note_activity(amy.id)
 
     assert run(scenario) == (True, False)
 
@@ -119,8 +140,8 @@ def test_the_driver_hands_over_to_a_named_viewer_or_releases() -> None:
             await room.hand_over(alice.id, "nobody-here"),
             await room.hand_over(alice.id, amy.id),
             (await room.snapshot()).driver,
-            await room.note_input(alice.id),
-            await room.note_input(amy.id),
+            await room.note_activity(alice.id),
+            await room.note_activity(amy.id),
             await room.hand_over(amy.id, None),
             (await room.snapshot()).driver,
         ]
