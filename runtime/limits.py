@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -194,6 +195,8 @@ def detect_cgroups(root: Path = CGROUP_ROOT) -> CgroupDriver | None:
                 return None
             parent = root / PARENT
             parent.mkdir(exist_ok=True)
+            if not os.access(parent, os.W_OK):
+                return None
             for path in (root, parent):
                 enabled = set((path / "cgroup.subtree_control").read_text().split())
                 missing = {"cpu", "memory", "pids"} - enabled
@@ -207,6 +210,8 @@ def detect_cgroups(root: Path = CGROUP_ROOT) -> CgroupDriver | None:
             if not (root / controller / "cgroup.procs").exists():
                 return None
             (root / controller / PARENT).mkdir(exist_ok=True)
+            if not os.access(root / controller / PARENT, os.W_OK):
+                return None
         use_hierarchy = root / "memory" / PARENT / "memory.use_hierarchy"
         if use_hierarchy.exists() and use_hierarchy.read_text().strip() != "1":
             with contextlib.suppress(OSError):
@@ -217,11 +222,30 @@ def detect_cgroups(root: Path = CGROUP_ROOT) -> CgroupDriver | None:
 
 
 def prlimit_argv(limits: Limits) -> list[str]:
-    """The prefix that applies the rlimit fallback to a command."""
-    return [
-        "prlimit",
-        f"--nproc={limits.pids}",
-        f"--as={limits.memory_bytes}",
-        f"--fsize={limits.disk_bytes}",
-        "--",
-    ]
+    """The prefix that applies the rlimit fallback to a command.
+
+    RLIMIT_NPROC counts every process of the host user, so the sandbox's share is
+    added to what that user runs already; each value stays within the hard limit
+    the runtime itself has (raising it needs privileges)."""
+    wanted = {
+        "nproc": (resource.RLIMIT_NPROC, limits.pids + _processes_of(os.getuid())),
+        "as": (resource.RLIMIT_AS, limits.memory_bytes),
+        "fsize": (resource.RLIMIT_FSIZE, limits.disk_bytes),
+    }
+    argv = ["prlimit"]
+    for name, (which, value) in wanted.items():
+        hard = resource.getrlimit(which)[1]
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        argv.append(f"--{name}={value}")
+    return [*argv, "--"]
+
+
+def _processes_of(uid: int) -> int:
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    count += 1
+    return count

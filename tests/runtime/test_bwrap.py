@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
+import os
 import shutil
 import subprocess
 import tempfile
@@ -463,3 +464,68 @@ def test_proxy_refuses_private_addresses_by_default(
 def test_no_network_without_an_allow_list(host: Host, sandbox: SandboxConfig) -> None:
     result = host.exec(sandbox, "env | grep -i _proxy; cat /proc/net/dev | tail -n +3 | cut -d: -f1")
     assert result.out.split() == ["lo"]
+
+
+UNPRIVILEGED_RUNTIME = """
+import asyncio, json, sys
+from pathlib import Path
+from runtime.backends.base import ExecOutput, ExecSpec, SandboxConfig
+from runtime.backends.bwrap import BwrapBackend
+
+async def main():
+    backend = BwrapBackend(Path(sys.argv[1]))
+    config = SandboxConfig(tenant="org_alpha", sandbox_id="sb-1", cpus=1, memory_bytes=256 << 20,
+                           disk_bytes=1 << 20, pids=64)
+    await backend.create(config)
+    await backend.start(config)
+    out = b""
+    spec = ExecSpec(argv=["sh", "-c", "id -u; head -c 2000000 /dev/zero > big; ls -l big"], env={}, cwd="",
+                    timeout_seconds=10)
+    async for event in backend.exec(config, spec):
+        if isinstance(event, ExecOutput):
+            out += event.data
+    owner = (backend.workspace_dir(config) / "big").stat().st_uid
+    await backend.destroy(config)
+    print(json.dumps({"capabilities": backend.capabilities(), "output": out.decode(), "owner": owner,
+                      "file_owner": backend.file_owner(config)}))
+
+asyncio.run(main())
+"""
+
+
+def test_an_unprivileged_runtime_runs_sandboxes_as_itself() -> None:
+    """Without root: no setpriv, no cgroups, no loop disk; rlimits instead, and it says so."""
+    import json
+
+    repository = Path(__file__).resolve().parents[2]
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("needs root to become another user, and the system's python3")
+    if any(not os.stat(path).st_mode & 0o001 for path in [repository, *repository.parents]):
+        pytest.skip("the repository is not reachable by other users")
+    root = Path(tempfile.mkdtemp(prefix="agentyard-unprivileged-"))
+    os.chown(root, 65534, 65534)
+    try:
+        completed = subprocess.run(
+            [
+                *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"),
+                *("/usr/bin/python3", "-c", UNPRIVILEGED_RUNTIME, str(root / "runtime")),
+            ],
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repository), "HOME": str(root)},
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        print(completed.stdout, completed.stderr)
+        report = json.loads(completed.stdout)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert report["capabilities"]["cgroups"].startswith("none")
+    assert report["capabilities"]["disk_quota"].startswith("none")
+    assert report["capabilities"]["user"] == "uid 65534"
+    assert report["file_owner"] is None
+    assert report["owner"] == 65534
+    # RLIMIT_FSIZE at the 1 MiB disk size: the 2 MB file stops there
+    assert report["output"].startswith("1000\n")
+    assert " 1048576 " in report["output"]
