@@ -36,6 +36,7 @@ pytest:
 bench: bootstrap
 	@$(PY) -m scripts.services exec -- $(PY) -m bench.provisioning
 	@$(PY) -m scripts.services exec -- $(PY) -m bench.api
+	@$(PY) -m scripts.services exec -- $(PY) -m bench.terminal
 
 requirements:
 	.venv/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links requirements/base.in -o requirements/base.txt
