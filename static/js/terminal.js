@@ -23,6 +23,7 @@
     var handToEl = panel.querySelector("[data-terminal-hand-to]");
     var handButton = panel.querySelector("[data-terminal-hand]");
     var restartButton = panel.querySelector("[data-terminal-restart]");
+    var startForm = panel.querySelector("[data-terminal-start]"); // absent for watch-only roles
 
     var term = new window.Terminal({
       cursorBlink: true,
@@ -188,6 +189,7 @@
         takeButton.hidden = true;
         if (event.code === CLOSE_NOT_RUNNING) {
           setStatus("stopped", "Workspace not running");
+          if (startForm) startForm.hidden = false;
           return;
         }
         if (event.code === CLOSE_EXITED) {

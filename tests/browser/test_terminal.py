@@ -116,3 +116,19 @@ def test_create_a_workspace_type_echo_hello_and_see_hello(
     expect(status).to_have_text("Connected")
     expect(_screen_line(page, "hello")).to_have_count(1)
     expect(_screen_line(page, "from-42")).to_have_count(1)
+
+    # The workspace stops under the open page (the idle stop, say): the terminal says so and offers Start.
+    with schema_context(world.alpha.schema_name):
+        workspace = Workspace.objects.get(name=workspace_name)
+        services.workspace_stop(actor=Actor(user=world.alice), organization=world.alpha, workspace=workspace)
+    expect(status).to_have_text("Workspace not running")
+    expect(page.get_by_test_id("terminal-message")).to_have_text(
+        "This workspace is not running. Start it to use the terminal."
+    )
+    page.get_by_role("button", name="Start the workspace").click()
+    expect(page.get_by_test_id("workspace-state")).to_have_text("Running")
+    expect(status).to_have_text("Connected")
+    page.get_by_test_id("terminal").click()
+    page.keyboard.type("echo again-$((3*3))")
+    page.keyboard.press("Enter")
+    expect(_screen_line(page, "again-9")).to_have_count(1)
