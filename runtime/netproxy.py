@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 HEAD_LIMIT = 64 * 1024
 CONNECT_TIMEOUT = 10.0
 HEAD_TIMEOUT = 30.0
+# Each connection costs the runtime two sockets; a sandbox gets this many at once.
+MAX_CONNECTIONS = 256
 _HOP_HEADERS = {b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive"}
 
 
@@ -73,6 +75,10 @@ class ProxyServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= MAX_CONNECTIONS:
+            await _reply(writer, 503, "Service Unavailable", "agentyard proxy: too many open connections\n")
+            writer.close()
+            return
         self._connections.add(task)
         try:
             await self._serve_one(reader, writer)
@@ -121,8 +127,12 @@ class ProxyServer:
             raise Refused(400, "Bad Request", str(error)) from None
 
     def _target_of_uri(self, target: str) -> tuple[str, int, str]:
-        url = urlsplit(target)
-        if url.scheme != "http" or not url.hostname:
+        try:
+            url = urlsplit(target)
+            hostname = url.hostname
+        except ValueError:
+            raise Refused(400, "Bad Request", f"not a URL: {target!r}") from None
+        if url.scheme != "http" or not hostname:
             raise Refused(
                 400, "Bad Request", "only absolute http:// URIs and CONNECT (for https) go through this proxy"
             )
@@ -130,7 +140,7 @@ class ProxyServer:
             port = url.port or 80
         except ValueError:
             raise Refused(400, "Bad Request", f"bad port in {target!r}") from None
-        authority = format_allow_entry(url.hostname, port)
+        authority = format_allow_entry(hostname, port)
         try:
             host, port = self._check(*parse_allow_entry(authority))
         except ValueError as error:

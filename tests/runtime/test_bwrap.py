@@ -435,6 +435,18 @@ def test_proxy_allows_only_listed_pairs(
     assert denied_tunnel.exit_code != 0
     assert "403" in denied_tunnel.err
 
+    raw = """
+import socket
+for line in [b"nonsense", b"GET http://[::1/ HTTP/1.1", b"GET ftp://x/ HTTP/1.1"]:
+    request = line + b"\\r\\n\\r\\n"
+    with socket.create_connection(("127.0.0.1", 3128)) as s:
+        s.sendall(request)
+        print(s.recv(200).split(b"\\r\\n")[0].decode())
+"""
+    bad = host.exec(config, ["python3", "-c", raw])
+    print("malformed requests:", bad)
+    assert bad.out.splitlines() == ["HTTP/1.1 400 Bad Request"] * 3
+
     # git over HTTP through the proxy: a bare repository served as files ("dumb" HTTP)
     source = directory / "source"
     subprocess.run(["git", "init", "-q", "-b", "main", str(source)], check=True)
