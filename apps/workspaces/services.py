@@ -128,8 +128,8 @@ def workspace_create(
     allow = validate_network_allow(list(network_allow or []))
     env = validate_env(env or {})
     repo_url = repo_url.strip()
-    if len(repo_url) > 500:
-        raise Invalid("The repository URL is too long (500 characters at most).", field="repo_url")
+    if len(repo_url) > 500 or any(ord(char) < 32 for char in repo_url):
+        raise Invalid("Give a repository URL of at most 500 characters, on one line.", field="repo_url")
 
     _quota_lock(organization)
     alive = Workspace.objects.exclude(state=State.DELETED)

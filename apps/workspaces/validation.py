@@ -132,6 +132,8 @@ def validate_path(path: str, *, field: str = "path", allow_root: bool = True) ->
     parts = [part for part in path.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise Invalid("The path may not leave the workspace (no '..').", field=field)
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in parts):
+        raise Invalid("A name in the path is longer than 255 bytes.", field=field)
     cleaned = "/".join(parts)
     if not cleaned and not allow_root:
         raise Invalid("Give the path of a file in the workspace.", field=field)

@@ -30,6 +30,7 @@ from apps.tenancy.audit import Actor
 from apps.tenancy.models import AuditEvent, Membership, Organization
 from tests.conftest import LiveServer, World
 from tests.factories import make_user
+from tests.runtime_server import RuntimeServer
 
 SLUG = "fuzz"
 # Per operation and phase; the whole file stays around a minute on two cores.
@@ -60,7 +61,7 @@ def _drop(organization: Organization) -> None:
 
 
 @pytest.fixture
-def fuzz(asgi_server: LiveServer, live_db: World) -> Iterator[Fuzz]:
+def fuzz(asgi_server: LiveServer, live_db: World, runtime_server: RuntimeServer) -> Iterator[Fuzz]:
     # pytest-django sets the test database up only for sessions with a django_db test;
     # without one this would write (and drop organizations) in the real database.
     if not str(connection.settings_dict["NAME"]).startswith("test_"):
@@ -85,6 +86,10 @@ def fuzz(asgi_server: LiveServer, live_db: World) -> Iterator[Fuzz]:
             yield Fuzz(organization=organization, owner=owner, key=key, session_cookie=session_cookie)
     finally:
         Session.objects.filter(session_key=session_cookie).delete()
+        # The workspaces the fuzzer made have sandboxes on the (real) runtime.
+        runtime = runtime_server.client()
+        for sandbox in runtime.list_sandboxes(organization.schema_name):
+            runtime.destroy_sandbox(organization.schema_name, sandbox.sandbox_id)
         _drop(organization)
 
 
