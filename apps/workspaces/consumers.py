@@ -214,6 +214,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         )
         self.relay_task = asyncio.create_task(self._relay(self.stream))
         self.heartbeat_task = asyncio.create_task(self._heartbeat())
+        for task in (self.relay_task, self.heartbeat_task):
+            task.add_done_callback(self._task_done)
 
     async def disconnect(self, code: int) -> None:
         for task in (self.relay_task, self.heartbeat_task):
@@ -368,6 +370,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         except RuntimeServiceError as exc:
             logger.warning("terminal of %s failed: %s", self.viewer.id, exc)
             await self._fail("runtime", f"The terminal failed: {exc}", CLOSE_UNAVAILABLE)
+        except OSError:
+            pass  # the browser went away while we were sending to it; disconnect() cleans up
 
     async def _sandbox_stopping(self, *, killed: bool) -> bool:
         """Whether the shell ended because its sandbox stops. A stop kills the shell first and
@@ -395,6 +399,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 await self._announce_room(room)  # someone's web process died; show them gone
             else:
                 self._learn(room.driver, room.version)  # in case an announcement was lost
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error("terminal task %s of %s failed", task.get_coro(), self.viewer.id, exc_info=error)
 
     # -- group events -----------------------------------------------------------------------------
 

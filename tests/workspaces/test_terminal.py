@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from django.test import override_settings
 from django_tenants.utils import schema_context
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -20,7 +21,7 @@ from apps.tenancy.audit import Actor
 from apps.tenancy.models import Membership
 from apps.workspaces import services
 from apps.workspaces.models import Workspace
-from tests.conftest import LiveServer, World
+from tests.conftest import LiveServer, World, free_port
 from tests.factories import make_user
 from tests.runtime_server import RuntimeServer
 from tests.websocket import session_cookie_for, ws_connect
@@ -404,6 +405,27 @@ def test_stopping_the_workspace_under_an_open_terminal_tells_the_page(
     client = asyncio.run(scenario())
     assert client.close_code == 4409
     assert client.last("error")["code"] == "stopped"
+
+
+def test_a_runtime_that_cannot_be_reached_is_reported_and_the_page_may_retry(
+    asgi_server: LiveServer, world: World, workspace: Workspace
+) -> None:
+    cookie = session_cookie_for(world.alice)
+
+    async def scenario() -> TerminalClient:
+        async with ws_connect(asgi_server, world.alpha, terminal_path(workspace), cookie=cookie) as socket:
+            client = TerminalClient(socket)
+            await client.until(lambda me: me.close_code is not None)
+            return client
+
+    with override_settings(RUNTIME_ADDRESS=f"127.0.0.1:{free_port()}"):  # nothing listens there
+        client = asyncio.run(scenario())
+    assert client.close_code == 4503
+    assert client.last("error") == {
+        "type": "error",
+        "code": "unavailable",
+        "message": "The workspace runtime is not reachable; reconnecting in a moment.",
+    }
 
 
 def test_exiting_the_shell_says_so_and_the_next_connection_gets_a_new_one(
