@@ -541,3 +541,26 @@ def test_an_unprivileged_runtime_runs_sandboxes_as_itself() -> None:
     # RLIMIT_FSIZE at the 1 MiB disk size: the 2 MB file stops there
     assert report["output"].startswith("1000\n")
     assert " 1048576 " in report["output"]
+
+
+def test_a_restarted_runtime_finds_its_workspaces(host: Host) -> None:
+    """The runtime's processes end with it; the files stay, and a new runtime on the same root
+    mounts the workspace's disk again (after a reboot it is unmounted) before anyone touches it."""
+    config = host.sandbox()
+    host.exec(config, "echo survives > notes.txt")
+    host.call(host.backend.stop(config))
+    workspace = host.backend.workspace_dir(config)
+    if host.backend.capabilities()["disk_quota"] == "loop-ext4":
+        subprocess.run(["umount", str(workspace)], check=True)  # as a reboot would leave it
+        assert not (workspace / "notes.txt").exists()
+
+    later = Host(host.root)
+    try:
+        assert (later.backend.workspace_dir(config) / "notes.txt").read_text() == "survives\n"
+        later.call(later.backend.start(config))
+        assert later.exec(config, "cat notes.txt").out == "survives\n"
+        later.call(later.backend.stop(config))
+    finally:
+        later.call(later.backend.close())
+        later.loop.call_soon_threadsafe(later.loop.stop)
+        later.thread.join(10)

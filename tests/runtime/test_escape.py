@@ -261,3 +261,44 @@ def test_killing_its_own_agent_only_stops_the_sandbox(host: Host) -> None:
     host.call(host.backend.start(sandbox))
     assert shell(host, sandbox, "echo back").out == "back\n"
     assert os.path.isdir(host.backend.workspace_dir(sandbox))
+
+
+def test_a_crashed_runtime_leaves_no_sandbox_process(host: Host) -> None:
+    """Sandboxes die with the runtime (bwrap --die-with-parent), even when it is SIGKILLed;
+    a new runtime on the same root starts them again with their files."""
+    from runtime.client import SandboxSpec
+    from tests.runtime_server import start_runtime, stop_runtime
+
+    root = Path(tempfile.mkdtemp(prefix="agentyard-crash-"))
+    marker = f"marker-{uuid.uuid4().hex}"
+    server = start_runtime(root, log_name="runtime-crash.log")
+    try:
+        client = server.client()
+        client.create_sandbox(SandboxSpec(tenant="org_alpha", sandbox_id="sb-crash"))
+        client.start_sandbox("org_alpha", "sb-crash")
+        sleeper = f'python3 -c "import time; time.sleep(600)" {marker} > /dev/null 2>&1'
+        client.exec("org_alpha", "sb-crash", command=f"echo kept > kept.txt; setsid {sleeper} &")
+        client.exec("org_alpha", "sb-crash", command=f"{sleeper} &")
+        deadline = time.monotonic() + 5
+        while len(host_processes_with(marker)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(f"  before the crash: {host_processes_with(marker)}")
+        assert len(host_processes_with(marker)) == 2
+        client.close()
+        server.process.kill()
+        server.process.wait()
+        deadline = time.monotonic() + 5
+        while host_processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(f"  after SIGKILL of the runtime: {host_processes_with(marker)}")
+        assert host_processes_with(marker) == []
+
+        server = start_runtime(root, log_name="runtime-crash.log")
+        client = server.client()
+        client.start_sandbox("org_alpha", "sb-crash")
+        assert client.exec("org_alpha", "sb-crash", command="cat kept.txt").stdout == b"kept\n"
+        client.destroy_sandbox("org_alpha", "sb-crash")
+        client.close()
+    finally:
+        stop_runtime(server)
+        shutil.rmtree(root, ignore_errors=True)
