@@ -579,11 +579,18 @@ class BwrapBackend(Backend):
         return running is not None and running.process.returncode is None
 
     async def close(self) -> None:
+        """Stop every sandbox and unmount every workspace disk: the files stay in their images
+        (mounted again on demand), and nothing of the runtime stays mounted after it."""
         for key, running in list(self._running.items()):
             try:
                 await self._forget(key, running)
             except BackendError as error:
                 logger.warning("closing %s: %s", key, error)
+        for workspace in self.sandboxes.glob("*/*/workspace"):
+            try:
+                await disk.unmount(workspace)
+            except disk.DiskError as error:
+                logger.warning("unmounting %s: %s", workspace, error)
 
     # -- processes -------------------------------------------------------------------------------
 

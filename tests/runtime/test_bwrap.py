@@ -543,24 +543,28 @@ def test_an_unprivileged_runtime_runs_sandboxes_as_itself() -> None:
     assert " 1048576 " in report["output"]
 
 
-def test_a_restarted_runtime_finds_its_workspaces(host: Host) -> None:
-    """The runtime's processes end with it; the files stay, and a new runtime on the same root
-    mounts the workspace's disk again (after a reboot it is unmounted) before anyone touches it."""
-    config = host.sandbox()
-    host.exec(config, "echo survives > notes.txt")
-    host.call(host.backend.stop(config))
-    workspace = host.backend.workspace_dir(config)
-    if host.backend.capabilities()["disk_quota"] == "loop-ext4":
-        subprocess.run(["umount", str(workspace)], check=True)  # as a reboot would leave it
+def test_a_restarted_runtime_finds_its_workspaces() -> None:
+    """The runtime's processes end with it and its disks are unmounted; the files stay, and a
+    new runtime on the same root mounts a workspace's disk again before anyone touches it."""
+    root = Path(tempfile.mkdtemp(prefix="agentyard-restart-"))
+    first = Host(root)
+    try:
+        config = first.sandbox()
+        first.exec(config, "echo survives > notes.txt")
+        workspace = first.backend.workspace_dir(config)
+    finally:
+        first.configs.clear()  # keep the sandbox: this runtime only shuts down
+        first.close()
+    if first.backend.capabilities()["disk_quota"] == "loop-ext4":
+        assert not os.path.ismount(workspace)
         assert not (workspace / "notes.txt").exists()
 
-    later = Host(host.root)
+    later = Host(root)
     try:
         assert (later.backend.workspace_dir(config) / "notes.txt").read_text() == "survives\n"
         later.call(later.backend.start(config))
         assert later.exec(config, "cat notes.txt").out == "survives\n"
-        later.call(later.backend.stop(config))
     finally:
-        later.call(later.backend.close())
-        later.loop.call_soon_threadsafe(later.loop.stop)
-        later.thread.join(10)
+        later.close()
+        shutil.rmtree(root, ignore_errors=True)
+    assert not os.path.ismount(workspace)
