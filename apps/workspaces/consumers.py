@@ -24,7 +24,8 @@ Browser -> server:
   {"type": "hand_over", "to": null}            or releases it to nobody.
 
 Server -> browser:
-  {"type": "hello", "you": "<viewer id>", "can_drive": bool}     first.
+  {"type": "hello", "you": "<viewer id>", "can_drive": bool}
+                                 first, and again if the person's role changes.
   {"type": "room", "viewers": [{"id", "name", "can_drive"}], "driver": id|null}
                                  whenever someone joins, leaves, takes or hands over.
   {"type": "attached", "rows": R, "cols": C, "created": bool}
@@ -38,14 +39,19 @@ Server -> browser:
   {"type": "error", "code": str, "message": str}
                                  "invalid" (a bad message; the socket stays), or
                                  before closing: "stopped", "unavailable",
+                                 "forbidden" (the person's membership ended),
                                  "behind" (this socket fell behind the output),
                                  "runtime".
   {"type": "exit", "code": N}    the shell exited (then close 4000).
 
-Close codes: 4000 the shell exited (the page offers a new one), 4409 the
-workspace is not running (the page offers Start), 4503 the runtime is not
-reachable (the page retries). People outside the organization, anonymous
-visitors and unknown workspaces are refused at the handshake (HTTP 403).
+Membership and role are checked again every heartbeat (15 s): a removed member
+is cut off (4403), one who lost `workspaces.operate` stops driving.
+
+Close codes: 4000 the shell exited (the page offers a new one), 4403 access
+ended (the page stops retrying), 4409 the workspace is not running (the page
+offers Start), 4503 the runtime is not reachable (the page retries). People
+outside the organization, anonymous visitors and unknown workspaces are refused
+at the handshake (HTTP 403).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ import json
 import logging
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 from urllib.parse import parse_qs
 
@@ -100,11 +106,13 @@ REFUSAL_INTERVAL_SECONDS: Final = 1.0
 STOP_SETTLE_SECONDS: Final = 3.0
 
 CLOSE_EXITED: Final = 4000
+CLOSE_FORBIDDEN: Final = 4403
 CLOSE_NOT_RUNNING: Final = 4409
 CLOSE_UNAVAILABLE: Final = 4503
 
 STOPPED_MESSAGE: Final = "This workspace is not running. Start it to use the terminal."
 UNAVAILABLE_MESSAGE: Final = "The workspace runtime is not reachable; reconnecting in a moment."
+FORBIDDEN_MESSAGE: Final = "You no longer have access to this workspace."
 BEHIND_MESSAGE: Final = "The terminal fell behind its output; reconnecting."
 
 
@@ -122,7 +130,9 @@ def _terminal_access(tenant: Organization, user: User, workspace_id: int) -> Ter
     """What this person may do with this workspace's terminal; None: refuse the socket."""
     if not user.is_authenticated:
         return None
-    membership = Membership.objects.filter(user=user, organization=tenant).only("role").first()
+    membership = (
+        Membership.objects.filter(user=user, user__is_active=True, organization=tenant).only("role").first()
+    )
     if membership is None or not role_allows(membership.role, "workspaces.view"):
         return None
     workspace = Workspace.objects.filter(pk=workspace_id).exclude(state=Workspace.State.DELETED).first()
@@ -162,6 +172,7 @@ def _size(query: dict[str, list[str]], name: str, default: int, most: int) -> in
 
 class TerminalConsumer(AsyncWebsocketConsumer):
     tenant: Organization
+    workspace_id: int
     sandbox_id: str
     viewer: Viewer
     room: TerminalRoom
@@ -187,6 +198,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self.close(code=4403)
             return
         self.tenant = tenant
+        self.workspace_id = workspace_id
         self.sandbox_id = access.sandbox_id
         self.viewer = Viewer(
             id=new_viewer_id(),
@@ -389,7 +401,15 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(getattr(settings, "WORKSPACES_TERMINAL_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
+            # Membership and role are checked again: a removed member is cut off, a demoted one stops driving.
+            access = await _terminal_access(self.tenant, self.scope["user"], self.workspace_id)
+            if access is None:
+                await self._fail("forbidden", FORBIDDEN_MESSAGE, CLOSE_FORBIDDEN)
+                return
+            if access.can_drive != self.viewer.can_drive:
+                await self._role_changed(can_drive=access.can_drive)
+                continue
             if not await self.room.heartbeat(self.viewer.id):
                 await self.room.join(self.viewer)  # dropped as stale (a long pause): back in
                 await self._announce_room()
@@ -399,6 +419,15 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 await self._announce_room(room)  # someone's web process died; show them gone
             else:
                 self._learn(room.driver, room.version)  # in case an announcement was lost
+
+    async def _role_changed(self, *, can_drive: bool) -> None:
+        if self.driving and not can_drive:
+            await self.room.hand_over(self.viewer.id, None)
+            self.driving = False
+        self.viewer = replace(self.viewer, can_drive=can_drive)
+        self.driving = await self.room.join(self.viewer) or self.driving  # refreshes what others see
+        await self._send_json({"type": "hello", "you": self.viewer.id, "can_drive": can_drive})
+        await self._announce_room()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (error := task.exception()) is not None:

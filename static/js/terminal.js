@@ -6,6 +6,7 @@
   "use strict";
 
   var CLOSE_EXITED = 4000;
+  var CLOSE_FORBIDDEN = 4403;
   var CLOSE_NOT_RUNNING = 4409;
 
   function setUp(panel) {
@@ -128,6 +129,7 @@
         case "hello":
           me = message.you;
           canDrive = message.can_drive;
+          renderRoom();
           break;
         case "attached":
           term.reset(); // the scrollback that follows redraws the screen
@@ -190,6 +192,10 @@
         if (event.code === CLOSE_NOT_RUNNING) {
           setStatus("stopped", "Workspace not running");
           if (startForm) startForm.hidden = false;
+          return;
+        }
+        if (event.code === CLOSE_FORBIDDEN) {
+          setStatus("stopped", "No access");
           return;
         }
         if (event.code === CLOSE_EXITED) {

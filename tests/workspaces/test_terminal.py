@@ -320,6 +320,50 @@ def test_a_viewer_role_member_watches_but_cannot_drive(
     assert "vic-was-here" not in result.stdout
 
 
+@pytest.fixture
+def mo(live_db: World) -> Iterator[User]:
+    """A member of Alpha whose role and membership the test changes."""
+    user = make_user(f"mo-{uuid.uuid4().hex[:6]}@alpha.test", "Mo")
+    Membership.objects.create(user=user, organization=live_db.alpha, role=Membership.Role.MEMBER)
+    yield user
+    user.delete()
+
+
+def test_a_demoted_member_stops_driving_and_a_removed_one_is_cut_off(
+    asgi_server: LiveServer, world: World, workspace: Workspace, mo: User
+) -> None:
+    cookie = session_cookie_for(mo)
+    membership = Membership.objects.get(user=mo, organization=world.alpha)
+
+    def demote() -> None:
+        membership.role = Membership.Role.VIEWER
+        membership.save()
+
+    async def scenario() -> TerminalClient:
+        async with ws_connect(asgi_server, world.alpha, terminal_path(workspace), cookie=cookie) as socket:
+            client = await TerminalClient(socket).attached()
+            await client.until_room(lambda room: room["driver"] == client.me)
+            await asyncio.to_thread(demote)
+            await client.until(lambda me: me.last("hello")["can_drive"] is False)
+            await client.until_room(lambda room: room["driver"] is None)
+            await client.type("echo still-typing\r")
+            await client.until_control("refused")
+            await asyncio.to_thread(membership.delete)
+            await client.until(lambda me: me.close_code is not None)
+            return client
+
+    with override_settings(WORKSPACES_TERMINAL_HEARTBEAT_SECONDS=0.3):
+        client = asyncio.run(scenario())
+    assert client.last("refused")["message"] == "Your role can watch this terminal but not type in it."
+    assert "still-typing" not in client.text()
+    assert client.close_code == 4403
+    assert client.last("error") == {
+        "type": "error",
+        "code": "forbidden",
+        "message": "You no longer have access to this workspace.",
+    }
+
+
 @pytest.mark.parametrize("who", ["anonymous", "member of beta", "no organization"])
 def test_people_outside_the_organization_are_refused_at_the_handshake(
     asgi_server: LiveServer, world: World, workspace: Workspace, who: str
