@@ -97,6 +97,16 @@ def stop_runtime(server: RuntimeServer) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+    unmount_under(server.root)
+
+
+def unmount_under(root: Path) -> None:
+    """Detach workspace disk images a killed runtime left mounted, so deleting its root frees them."""
+    prefix = str(root.resolve()) + "/"
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for point in sorted(points, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 @pytest.fixture(scope="session")
