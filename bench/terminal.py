@@ -307,11 +307,12 @@ async def through_grpc(
 # Report ---------------------------------------------------------------------
 
 
-def table(results: list[Result], interval: float) -> str:
+def table(results: list[Result], interval: float, load_before: float) -> str:
     terminals = results[0].terminals
     lines = [
         f"Terminal echo latency: one character typed, until its echo is back; {terminals} terminals open"
-        f" at once, each typing every {interval * 1000:.0f} ms (jittered); {os.cpu_count()} CPUs",
+        f" at once, each typing every {interval * 1000:.0f} ms (jittered); {os.cpu_count()} CPUs,"
+        f" load average {load_before:.1f} before the run (the machine's other work shows in the tail)",
         "",
         f"{'path':<44}{'keys':>7}{'lost':>6}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}   goal",
     ]
@@ -338,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("bwrap") is None:
         parser.error("bubblewrap is not installed (apt-get install bubblewrap): the sandboxes need it")
 
+    load_before = os.getloadavg()[0]
     server_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     redis_url = (
         urlsplit(os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
@@ -396,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         if not web or not grpc_only:
             raise RuntimeError("no keystroke came back; see the runtime's log")
-        print(table(results, args.interval))
+        print(table(results, args.interval, load_before))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if not args.keep:
