@@ -27,6 +27,7 @@ from pathlib import Path
 READ_CHUNK_BYTES = 256 * 1024
 MAX_SYMLINK_HOPS = 40
 MAX_PATH_LENGTH = 4096
+MAX_NAME_BYTES = 255
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -67,6 +68,8 @@ def split_path(path: str) -> list[str]:
     parts = [part for part in path.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise InvalidPath(f"{path!r} contains '..'; paths cannot leave the workspace")
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in parts):
+        raise InvalidPath(f"a name in the path is longer than {MAX_NAME_BYTES} bytes")
     return parts
 
 

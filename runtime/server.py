@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hmac
 import json
@@ -77,7 +78,21 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, BackendError):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:
+        return _OS_ERRORS[exc.errno], f"{exc.filename or 'the path'}: {exc.strerror}"
     return None
+
+
+# What the files API's system calls may report about a path a caller gave.
+_OS_ERRORS = {
+    errno.ENAMETOOLONG: grpc.StatusCode.INVALID_ARGUMENT,
+    errno.ENOTDIR: grpc.StatusCode.INVALID_ARGUMENT,
+    errno.EISDIR: grpc.StatusCode.INVALID_ARGUMENT,
+    errno.ELOOP: grpc.StatusCode.INVALID_ARGUMENT,
+    errno.ENOENT: grpc.StatusCode.NOT_FOUND,
+    errno.ENOSPC: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errno.EDQUOT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -166,13 +181,6 @@ def _known_templates() -> Iterable[str]:
     from runtime.templates import TEMPLATES
 
     return TEMPLATES
-
-
-def _login_shell(template: str) -> list[str]:
-    from runtime.templates import TEMPLATES
-
-    known = TEMPLATES.get(template)
-    return list(known.shell) if known is not None else ["/bin/sh", "-l"]
 
 
 def _check_allow(entries: Iterable[str]) -> list[str]:
@@ -529,7 +537,7 @@ class RuntimeService(pb_grpc.RuntimeServicer):
             raise invalid(f"session must match {SESSION.pattern}, not {name!r}")
         rows, cols = _terminal_size(opening.rows, opening.cols)
         env = {**DEFAULT_PTY_ENV, **sandbox.config.env, **_check_env(opening.env.items(), "env")}
-        argv = list(opening.argv) or _login_shell(sandbox.config.template)
+        argv = list(opening.argv)  # empty: the backend starts the template's login shell
         if any("\x00" in arg for arg in argv):
             raise invalid("the command contains a NUL byte")
         self._require_running(sandbox)

@@ -49,6 +49,7 @@ from runtime.backends.base import (
     SandboxConfig,
 )
 from runtime.config import RuntimeConfig
+from runtime.templates import TEMPLATES
 
 API_VERSION = "1.41"
 ENGINE_TIMEOUT_SECONDS = 30
@@ -136,6 +137,11 @@ def _frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
         sock, False
     )
     return frames
+
+
+def _login_shell(template: str) -> list[str]:
+    known = TEMPLATES.get(template)
+    return list(known.login_shell) if known is not None else ["/bin/sh", "-l"]
 
 
 def _raw_socket(sock: Any) -> socket.socket:
@@ -396,7 +402,7 @@ class DockerBackend(Backend):
             await self.engine(
                 api.exec_create,
                 container_name(config),
-                argv or ["/bin/sh", "-l"],
+                argv or _login_shell(config.template),
                 stdin=True,
                 tty=True,
                 environment={**config.env, **env},
