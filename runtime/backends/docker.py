@@ -220,7 +220,13 @@ class DockerBackend(Backend):
             )
         if isinstance(exc, docker.errors.APIError):
             return BackendError(f"the Docker engine at {self.host} refused: {exc.explanation or exc}")
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, requests.exceptions.Timeout):
+            reason = "it did not answer in time"
+        elif isinstance(exc, requests.exceptions.ConnectionError | OSError):
+            # The platform shows this to people; the SDK's text is a nested repr of urllib3 errors.
+            reason = "nothing answers there (is the Docker daemon running, and is DOCKER_HOST right?)"
+        else:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return BackendError(f"no Docker engine at {self.host}: {reason}")
 
     def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
