@@ -3,9 +3,15 @@
     python -m scripts.run          (PORT=8000 and HOST=127.0.0.1 unless set)
 
 Finds or starts PostgreSQL and Redis (scripts/services.py), migrates, seeds the demo
-organization and its logins (manage.py seed_demo), then supervises three children, each in
-its own process group with its output prefixed by its name: web (uvicorn), worker and beat
-(Celery). Once /healthz answers it prints the URLs and the login.
+organization and its logins (manage.py seed_demo), then supervises four children, each in
+its own process group with its output prefixed by its name: runtime (the sandbox runtime,
+`python -m runtime`, started first and listening before anything that may call it), web
+(uvicorn), worker and beat (Celery). Once /healthz answers it prints the URLs and the login.
+
+The runtime keeps its sandboxes under the run directory (.run/runtime) and shares a secret
+with web/worker/beat: RUNTIME_SECRET when set, otherwise one generated on the first run and
+kept in .run/runtime-secret (mode 0600). It listens on RUNTIME_LISTEN (or RUNTIME_ADDRESS),
+by default 127.0.0.1:50061, or a free port when that one is taken.
 
 Ctrl-C or SIGTERM stops everything: SIGTERM to each child's process group, SIGKILL after a
 grace period (at once on a second Ctrl-C), then the embedded servers. A child that exits on
@@ -16,6 +22,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -34,6 +41,7 @@ from scripts.services import (
     Services,
     StopRequested,
     ensure_services,
+    free_port,
     run_dir_default,
     spawn,
     stop_process_groups,
@@ -41,6 +49,8 @@ from scripts.services import (
 
 STOP_GRACE_SECONDS = 10
 HEALTH_POLL_SECONDS = 0.5
+RUNTIME_DEFAULT_PORT = 50061
+RUNTIME_START_SECONDS = 30
 
 
 class Console:
@@ -77,10 +87,13 @@ class Child:
         self.console = console
         self.proc = spawn(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._pump = threading.Thread(target=self._copy_output, name=f"{name}-output", daemon=True)
+        self._output_started = False
 
     def start_output(self) -> None:
         # Started only once every child is spawned: fork with other threads running is unsafe.
-        self._pump.start()
+        if not self._output_started:
+            self._output_started = True
+            self._pump.start()
 
     def _copy_output(self) -> None:
         assert self.proc.stdout is not None
@@ -213,6 +226,63 @@ def _supervise(
         time.sleep(0.1)
 
 
+def _runtime_secret(run_dir: Path) -> str:
+    """The runtime's shared secret, generated once and kept for the next runs (owner-only)."""
+    path = run_dir / "runtime-secret"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text().strip()
+        if len(secret) >= 16:
+            return secret
+        path.unlink()
+        return _runtime_secret(run_dir)
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as file:
+        file.write(secret + "\n")
+    return secret
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _runtime_env(run_dir: Path) -> dict[str, str]:
+    """RUNTIME_* for the runtime and, the same values, for web/worker/beat."""
+    listen = os.environ.get("RUNTIME_LISTEN", "").strip() or os.environ.get("RUNTIME_ADDRESS", "").strip()
+    if not listen:
+        port = RUNTIME_DEFAULT_PORT if _port_free(RUNTIME_DEFAULT_PORT) else free_port()
+        listen = f"127.0.0.1:{port}"
+    return {
+        "RUNTIME_LISTEN": listen,
+        "RUNTIME_ADDRESS": listen,
+        "RUNTIME_SECRET": os.environ.get("RUNTIME_SECRET", "").strip() or _runtime_secret(run_dir),
+        "RUNTIME_ROOT": os.environ.get("RUNTIME_ROOT", "").strip() or str(run_dir / "runtime"),
+    }
+
+
+def _wait_for_runtime(runtime: Child, listen: str) -> None:
+    """Until the runtime accepts connections; its own one-line error if it exits instead."""
+    host, _, port = listen.rpartition(":")
+    host = "127.0.0.1" if host in {"0.0.0.0", ""} else host.strip("[]")
+    deadline = time.monotonic() + RUNTIME_START_SECONDS
+    while True:
+        SIGNALS.raise_if_stop_requested()
+        if runtime.proc.poll() is not None:
+            runtime.finish_output()
+            raise ChildFailed(runtime.name, runtime.proc.returncode)
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
+            return
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the runtime did not listen on {listen} within {RUNTIME_START_SECONDS} s")
+        time.sleep(0.1)
+
+
 def _settings_values() -> tuple[str, str]:
     """The Celery queue and base domain, read from the same settings the children will use."""
     from django.conf import settings
@@ -232,6 +302,7 @@ def main() -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         with ensure_services(run_dir, say=console.say) as services:
             os.environ.update(services.env)
+            os.environ.update(_runtime_env(run_dir))
             os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             try:
@@ -239,41 +310,48 @@ def main() -> int:
             except Exception as exc:  # settings report a bad variable with an exception naming it
                 raise ServiceError(f"the settings do not load: {exc}") from None
 
-            console.say("Migrating the database (public schema, organizations, template schema)")
-            _run_step("migrate", [sys.executable, "manage.py", "migrate", "--noinput"], env, console)
-            console.say("Seeding the demo organization and logins")
-            logins = _seed(env, run_dir, console)
-
-            celery = [sys.executable, "-m", "celery", "-A", "config"]
-            commands = {
-                "web": [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "config.asgi:application",
-                    "--host",
-                    host,
-                    "--port",
-                    str(port),
-                    # Django's ASGI handler has no lifespan support; uvicorn would log that it is missing.
-                    "--lifespan",
-                    "off",
-                ],
-                "worker": [
-                    *celery,
-                    "worker",
-                    "-l",
-                    "info",
-                    "-c",
-                    "2",
-                    "-Q",
-                    queue,
-                    "-n",
-                    f"worker-{port}@%h",
-                ],
-                "beat": [*celery, "beat", "-l", "info", "-s", str(run_dir / "celerybeat-schedule")],
-            }
             try:
+                # First, and listening, before anything that may call it (the demo seed, web, worker).
+                console.say(f"Starting the sandbox runtime on {env['RUNTIME_LISTEN']}")
+                runtime = Child("runtime", [sys.executable, "-m", "runtime"], env, console)
+                children.append(runtime)
+                runtime.start_output()
+                _wait_for_runtime(runtime, env["RUNTIME_LISTEN"])
+
+                console.say("Migrating the database (public schema, organizations, template schema)")
+                _run_step("migrate", [sys.executable, "manage.py", "migrate", "--noinput"], env, console)
+                console.say("Seeding the demo organization and logins")
+                logins = _seed(env, run_dir, console)
+
+                celery = [sys.executable, "-m", "celery", "-A", "config"]
+                commands = {
+                    "web": [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "config.asgi:application",
+                        "--host",
+                        host,
+                        "--port",
+                        str(port),
+                        # Django's ASGI handler has no lifespan support; uvicorn would log that it is missing.
+                        "--lifespan",
+                        "off",
+                    ],
+                    "worker": [
+                        *celery,
+                        "worker",
+                        "-l",
+                        "info",
+                        "-c",
+                        "2",
+                        "-Q",
+                        queue,
+                        "-n",
+                        f"worker-{port}@%h",
+                    ],
+                    "beat": [*celery, "beat", "-l", "info", "-s", str(run_dir / "celerybeat-schedule")],
+                }
                 for name, args in commands.items():
                     children.append(Child(name, args, env, console))
                 _supervise(children, services, host, port, base_domain, logins)

@@ -12,10 +12,12 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -293,16 +295,22 @@ def _with_path(url: str, path: str) -> str:
 
 
 @pytest.fixture
-def base_env(tmp_path: Path) -> dict[str, str]:
+def base_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment a developer's shell would have, minus anything pointing at shared state."""
     env = {
         name: value
         for name, value in os.environ.items()
-        if name not in OVERRIDDEN_SETTINGS and not name.startswith(("PYTEST_", "AGENTYARD_", "DEMO_"))
+        if name not in OVERRIDDEN_SETTINGS
+        and not name.startswith(("PYTEST_", "AGENTYARD_", "DEMO_", "RUNTIME_"))
     }
     env["AGENTYARD_RUN_DIR"] = str(tmp_path / "run")
     env["CELERY_QUEUE"] = f"agentyard-runtest-{uuid.uuid4().hex[:8]}"
-    return env
+    # The runtime's sandboxes run as an unprivileged user who must reach its root, and
+    # pytest's tmp_path is private to us: a root of its own in the system's temp directory.
+    runtime_root = Path(tempfile.mkdtemp(prefix="agentyard-runtest-runtime-"))
+    env["RUNTIME_ROOT"] = str(runtime_root)
+    yield env
+    shutil.rmtree(runtime_root, ignore_errors=True)
 
 
 @pytest.fixture
