@@ -36,6 +36,7 @@ pytest:
 bench: bootstrap
 	@$(PY) -m scripts.services exec -- $(PY) -m bench.provisioning
 	@$(PY) -m scripts.services exec -- $(PY) -m bench.api
+	@$(PY) -m bench.sandbox
 	@$(PY) -m scripts.services exec -- $(PY) -m bench.terminal
 
 requirements:
