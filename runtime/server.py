@@ -285,13 +285,12 @@ class RuntimeService(pb_grpc.RuntimeServicer):
         config = sandbox.config
         return files.Workspace(self.backend.workspace_dir(config), self.backend.file_owner(config))
 
-    async def _info(self, sandbox: Sandbox, *, disk: bool = True) -> pb.SandboxInfo:
+    async def _info(self, sandbox: Sandbox) -> pb.SandboxInfo:
         config = sandbox.config
         running = self._running(sandbox)
         used = 0
-        if disk:
-            with contextlib.suppress(OSError):
-                used = await asyncio.to_thread(self.backend.disk_used, config)
+        with contextlib.suppress(OSError):
+            used = await asyncio.to_thread(self.backend.disk_used, config)
         return pb.SandboxInfo(
             ref=pb.SandboxRef(tenant=config.tenant, sandbox_id=config.sandbox_id),
             state="running" if running else "stopped",
@@ -450,7 +449,7 @@ class RuntimeService(pb_grpc.RuntimeServicer):
             for (tenant, _), sandbox in sorted(self.sandboxes.items())
             if not request.tenant or tenant == request.tenant
         ]
-        return pb.ListSandboxesReply(sandboxes=[await self._info(sandbox, disk=False) for sandbox in chosen])
+        return pb.ListSandboxesReply(sandboxes=[await self._info(sandbox) for sandbox in chosen])
 
     # -- exec ---------------------------------------------------------------------------------
 
