@@ -23,6 +23,7 @@ DOCUMENTED_ENV = {
     "DATABASE_URL": "postgres://agentyard@127.0.0.1:5432/agentyard_prodcheck",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "EMAIL_HOST": "smtp.example.com",
+    "RUNTIME_SECRET": secrets.token_urlsafe(32),
 }
 
 
