@@ -20,6 +20,7 @@ its own stops everything too, and the exit status is 1, naming it.
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -262,8 +263,20 @@ def _runtime_env(run_dir: Path) -> dict[str, str]:
         "RUNTIME_LISTEN": listen,
         "RUNTIME_ADDRESS": listen,
         "RUNTIME_SECRET": os.environ.get("RUNTIME_SECRET", "").strip() or _runtime_secret(run_dir),
-        "RUNTIME_ROOT": os.environ.get("RUNTIME_ROOT", "").strip() or str(run_dir / "runtime"),
+        "RUNTIME_ROOT": os.environ.get("RUNTIME_ROOT", "").strip() or str(_runtime_root(run_dir)),
     }
+
+
+def _runtime_root(run_dir: Path) -> Path:
+    """.run/runtime, unless the sandboxes could not reach it: a runtime running as root drops
+    to an unprivileged user for bwrap, which must be able to walk down to the workspaces. A
+    checkout under a private home directory (/root is 0700) then keeps them under /var/lib,
+    one directory per checkout."""
+    root = (run_dir / "runtime").resolve()
+    if os.geteuid() != 0 or all(os.stat(path).st_mode & 0o001 for path in root.parents if path.exists()):
+        return root
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return Path("/var/lib/agentyard") / f"runtime-{digest}"
 
 
 def _wait_for_runtime(runtime: Child, listen: str) -> None:
