@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 from apps.core.errors import NotFound
 from apps.workspaces.models import Secret, Workspace
 from apps.workspaces.runtime import runtime_client, runtime_errors, tenant
-from apps.workspaces.services import require_files
+from apps.workspaces.services import reconciling, require_files
 from apps.workspaces.validation import validate_path
 from runtime.client import FileEntry, InvalidRequest, SandboxInfo, SandboxNotFound
 
@@ -50,7 +50,7 @@ def workspace_path_read(*, workspace: Workspace, path: str, limit: int = READ_LI
     require_files(workspace)
     path = validate_path(path)
     client = runtime_client()
-    with runtime_errors(path_field="path"):
+    with runtime_errors(path_field="path"), reconciling(workspace):
         if path:
             entry = client.stat(tenant(), workspace.sandbox_id, path)
         else:

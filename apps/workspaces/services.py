@@ -4,7 +4,9 @@ fails, the transaction rolls back and the workspace keeps the state it had."""
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -26,7 +28,14 @@ from apps.workspaces.validation import (
     validate_secret_name,
     validate_template,
 )
-from runtime.client import FileEntry, RuntimeServiceError, SandboxExists, SandboxNotFound, SandboxSpec
+from runtime.client import (
+    FileEntry,
+    RuntimeServiceError,
+    SandboxExists,
+    SandboxNotFound,
+    SandboxNotRunning,
+    SandboxSpec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +306,81 @@ def workspace_destroy(*, actor: Actor, organization: Organization, workspace: Wo
     return workspace
 
 
+# Reconciliation: the runtime is the truth about sandboxes -------------------------------------
+
+# What a person is told when a call finds the sandbox of a workspace gone (by `found`).
+SANDBOX_GONE = {
+    "stopped": "The workspace's sandbox stopped (the runtime restarted or stopped it), so the workspace"
+    " is stopped now; start it again. Its files are kept.",
+    "missing": "The workspace's sandbox is missing on the runtime, so the workspace is stopped now;"
+    " start it again to make a new sandbox.",
+}
+
+
+def sandbox_found(workspace: Workspace) -> str | None:
+    """ "stopped" or "missing" when the runtime says so of the workspace's sandbox; None when
+    it runs, or when the runtime cannot be asked."""
+    try:
+        info = runtime_client().get_sandbox(tenant(), workspace.sandbox_id)
+    except SandboxNotFound:
+        return "missing"
+    except RuntimeServiceError:
+        return None
+    return None if info.running else "stopped"
+
+
+def _current_organization() -> Organization | None:
+    return Organization.objects.filter(schema_name=tenant()).first()
+
+
+def workspace_reconcile(
+    *, workspace: Workspace, found: str, asked_at: datetime, organization: Organization | None = None
+) -> bool:
+    """Record that the runtime no longer runs the sandbox of a workspace we record as
+    running (`found`: "stopped" or "missing", as the runtime said when asked at `asked_at`):
+    stopped now, audited as the system's doing. Its own transaction, so it stays when the
+    caller then fails. A start recorded after `asked_at` wins. True if it changed it."""
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Workspace.objects.select_for_update().filter(pk=workspace.pk).first()
+        if locked is None or locked.state != State.RUNNING:
+            return False
+        if locked.started_at is not None and locked.started_at > asked_at:
+            return False
+        locked.state, locked.stopped_at = State.STOPPED, now
+        locked.save(update_fields=["state", "stopped_at", "updated_at"])
+        audit_record(
+            actor=Actor.system(),
+            organization=organization or _current_organization(),
+            action="workspace.stopped",
+            target=locked,
+            before={"state": State.RUNNING},
+            after={"state": State.STOPPED, "reason": f"sandbox {found} on the runtime"},
+        )
+    workspace.state, workspace.stopped_at = locked.state, locked.stopped_at
+    logger.info("Workspace %s of %s: its sandbox is %s; recorded stopped", workspace.pk, tenant(), found)
+    return True
+
+
+@contextlib.contextmanager
+def reconciling(workspace: Workspace) -> Iterator[None]:
+    """Around a runtime call on a workspace's sandbox (inside `runtime_errors`): when the
+    call is refused because the sandbox is not running or does not exist (not a path of
+    it), record the truth and answer 409 saying so. Other refusals pass through as they were."""
+    try:
+        yield
+    except (SandboxNotRunning, SandboxNotFound):
+        asked_at = timezone.now()
+        found = sandbox_found(workspace)
+        if found is None:
+            raise  # about a path, or the runtime cannot say: the call's own error
+        workspace_reconcile(workspace=workspace, found=found, asked_at=asked_at)
+        raise Conflict(
+            SANDBOX_GONE[found],
+            code="workspace_not_running" if found == "stopped" else "sandbox_missing",
+        ) from None
+
+
 def workspace_touch(*, workspace: Workspace) -> None:
     """Someone used it now (exec, a file write, the terminal): the idle clock restarts."""
     now = timezone.now()
@@ -363,7 +447,10 @@ def workspace_exec(
     if not 0 < timeout <= MAX_EXEC_TIMEOUT:
         raise Invalid(f"timeout must be between 0 and {MAX_EXEC_TIMEOUT:g} seconds.", field="timeout")
     limit = int(settings.WORKSPACES_EXEC_MAX_OUTPUT_BYTES)
-    with runtime_errors(path_field="cwd", missing="No such directory in the workspace."):
+    with (
+        runtime_errors(path_field="cwd", missing="No such directory in the workspace."),
+        reconciling(workspace),
+    ):
         result = runtime_client().exec(
             tenant(),
             workspace.sandbox_id,
@@ -409,7 +496,10 @@ def workspace_file_write(
 ) -> FileEntry:
     _require_writable(workspace)
     path = validate_path(path, allow_root=False)
-    with runtime_errors(path_field="path", missing="No such directory in the workspace."):
+    with (
+        runtime_errors(path_field="path", missing="No such directory in the workspace."),
+        reconciling(workspace),
+    ):
         entry = runtime_client().write_file(
             tenant(), workspace.sandbox_id, path, data, make_parents=make_parents
         )
@@ -420,7 +510,7 @@ def workspace_file_write(
 def workspace_path_delete(*, actor: Actor, workspace: Workspace, path: str, recursive: bool = False) -> None:
     _require_writable(workspace)
     path = validate_path(path, allow_root=False)
-    with runtime_errors(path_field="path"):
+    with runtime_errors(path_field="path"), reconciling(workspace):
         existed = runtime_client().delete_path(tenant(), workspace.sandbox_id, path, recursive=recursive)
     if not existed:
         raise NotFound(f"No such file or directory: {path}")

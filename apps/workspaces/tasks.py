@@ -1,4 +1,7 @@
-"""Stopping idle workspaces, on Celery beat's schedule (CELERY_BEAT_SCHEDULE)."""
+"""On Celery beat's schedule (CELERY_BEAT_SCHEDULE): first reconcile our records with the
+runtime (running workspaces whose sandbox it reports stopped or missing, after a restart
+say, become stopped), then stop idle workspaces. Safe to run twice; when the runtime
+cannot be reached, nothing changes and one warning is logged."""
 
 import logging
 from datetime import UTC, datetime, timedelta
@@ -12,8 +15,8 @@ from apps.tenancy.audit import Actor
 from apps.tenancy.models import Organization
 from apps.workspaces.models import Workspace
 from apps.workspaces.runtime import runtime_client, tenant
-from apps.workspaces.services import workspace_stop
-from runtime.client import RuntimeServiceError
+from apps.workspaces.services import workspace_reconcile, workspace_stop
+from runtime.client import RuntimeServiceError, RuntimeUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +55,53 @@ def stop_idle_in_current_organization(
     return stopped
 
 
+def reconcile_current_organization(organization: Organization) -> list[int]:
+    """Running workspaces of this organization whose sandbox the runtime reports stopped or
+    missing, recorded stopped; their ids. Raises RuntimeServiceError when the runtime
+    cannot be asked, having changed nothing."""
+    running = list(Workspace.objects.filter(state=Workspace.State.RUNNING))
+    if not running:
+        return []
+    asked_at = timezone.now()
+    states = {info.sandbox_id: info.state for info in runtime_client().list_sandboxes(tenant())}
+    reconciled = []
+    for workspace in running:
+        state = states.get(workspace.sandbox_id)
+        found = "missing" if state is None else None if state == "running" else "stopped"
+        if found and workspace_reconcile(
+            workspace=workspace, found=found, asked_at=asked_at, organization=organization
+        ):
+            reconciled.append(workspace.pk)
+    return reconciled
+
+
+def _active_organizations() -> list[Organization]:
+    return list(Organization.objects.filter(status=Organization.Status.ACTIVE).order_by("pk"))
+
+
+def reconcile_workspaces() -> dict[str, list[int]]:
+    """For every active organization: ids of the workspaces recorded stopped, by slug.
+    The runtime unreachable: nothing changes, one warning."""
+    result: dict[str, list[int]] = {}
+    for organization in _active_organizations():
+        with schema_context(organization.schema_name):
+            try:
+                reconciled = reconcile_current_organization(organization)
+            except RuntimeUnavailable as exc:
+                logger.warning("Not reconciling workspaces with the runtime: it is not reachable (%s)", exc)
+                return result
+            except RuntimeServiceError as exc:
+                logger.warning("Could not reconcile the workspaces of %s: %s", organization.slug, exc)
+                continue
+        if reconciled:
+            result[organization.slug] = reconciled
+    return result
+
+
 def stop_idle_workspaces(*, now: datetime | None = None) -> dict[str, list[int]]:
     """For every active organization; safe to run twice (stopping a stopped one does nothing)."""
     result: dict[str, list[int]] = {}
-    for organization in Organization.objects.filter(status=Organization.Status.ACTIVE).order_by("pk"):
+    for organization in _active_organizations():
         with schema_context(organization.schema_name):
             stopped = stop_idle_in_current_organization(organization, now=now)
         if stopped:
@@ -64,5 +110,11 @@ def stop_idle_workspaces(*, now: datetime | None = None) -> dict[str, list[int]]
 
 
 @shared_task(name="workspaces.stop_idle")
-def stop_idle_workspaces_task() -> dict[str, list[int]]:
-    return stop_idle_workspaces()
+def stop_idle_workspaces_task() -> dict[str, dict[str, list[int]]]:
+    """Reconcile, then stop the idle; with the runtime down, nothing changes and one warning."""
+    try:
+        runtime_client().health()
+    except RuntimeServiceError as exc:
+        logger.warning("Workspaces not checked: the runtime is not reachable (%s)", exc)
+        return {"reconciled": {}, "stopped": {}}
+    return {"reconciled": reconcile_workspaces(), "stopped": stop_idle_workspaces()}
