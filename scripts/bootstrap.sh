@@ -49,11 +49,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv || die "could not create .venv"
 fi
 
-stamp=".venv/.requirements-$(cat requirements/dev.txt | sha1sum | cut -c1-12)"
+stamp=".venv/.requirements-$(cat requirements/dev.txt requirements/nodeps.txt | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  say "Installing Python packages (a minute on a fresh machine)"
+  say "Installing Python packages (several minutes on a fresh machine: llama-cpp-python compiles)"
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
   .venv/bin/python -m pip install --quiet -r requirements/dev.txt || die "pip install failed (see above)"
+  .venv/bin/python -m pip install --quiet --no-deps -r requirements/nodeps.txt || die "pip install failed (see above)"
   rm -f .venv/.requirements-*
   touch "$stamp"
 fi

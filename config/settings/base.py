@@ -84,11 +84,14 @@ SHARED_APPS = [
     "channels",
     "apps.accounts",
     "apps.tenancy",
+    # The model catalog, credentials and usage roll-ups of every organization.
+    "apps.llm",
 ]
 TENANT_APPS = [
     "django.contrib.contenttypes",
     "apps.notices",
     "apps.workspaces",
+    "apps.prompts",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
@@ -328,3 +331,17 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 # --- end of workspaces --------------------------------------------------------
+
+# --- LLM gateway (apps/llm, apps/prompts) -------------------------------------
+# Custom provider classes (dotted paths to apps.llm.providers.base.Provider subclasses).
+LLM_PROVIDER_PLUGINS = env_list("LLM_PROVIDER_PLUGINS")
+# Encrypts organizations' provider API keys at rest (default: derived from SECRET_KEY).
+LLM_ENCRYPTION_KEY = env_str("LLM_ENCRYPTION_KEY", "")
+# Platform-wide default credentials; organizations may set their own.
+OPENAI_API_KEY = env_str("OPENAI_API_KEY", "")
+OPENAI_BASE_URL = env_str("OPENAI_BASE_URL", "")
+ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY", "")
+ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL", "")
+GEMINI_API_KEY = env_str("GEMINI_API_KEY", "")
+GEMINI_BASE_URL = env_str("GEMINI_BASE_URL", "")
+# --- end of LLM gateway -------------------------------------------------------
