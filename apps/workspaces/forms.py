@@ -70,3 +70,22 @@ class FileForm(forms.Form):
     content = forms.CharField(
         required=False, strip=False, widget=forms.Textarea(attrs={"rows": 24, "spellcheck": "false"})
     )
+
+
+class SecretForm(forms.Form):
+    """Set a secret: its name and value. The value is never rendered back, not even after an error."""
+
+    name = forms.CharField(
+        max_length=64,
+        label="Name",
+        help_text="Letters, digits and _, not starting with a digit (e.g. GITHUB_TOKEN). An existing"
+        " name gets the new value.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    value = forms.CharField(
+        max_length=16 * 1024,
+        strip=False,
+        label="Value",
+        help_text="Stored encrypted; it is never shown again.",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+    )

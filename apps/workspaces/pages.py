@@ -1,5 +1,6 @@
 """Workspace pages on the organization's host: the list, the create form, a
-workspace's page (state, actions, file tree, terminal) and the file editor.
+workspace's page (state, actions, file tree, terminal), the file editor, and the
+organization's secrets (names and times only; values go in, never out).
 Thin: each view names its action (@require_action) and calls one service; a
 service's refusal is shown on the page with its HTTP status."""
 
@@ -18,8 +19,8 @@ from apps.tenancy.models import Membership, Organization
 from apps.tenancy.roles import role_allows
 from apps.workspaces import selectors, services
 from apps.workspaces.crypto import decrypt_env
-from apps.workspaces.forms import FileForm, WorkspaceForm
-from apps.workspaces.models import Workspace
+from apps.workspaces.forms import FileForm, SecretForm, WorkspaceForm
+from apps.workspaces.models import Secret, Workspace
 from apps.workspaces.validation import templates
 
 
@@ -35,7 +36,7 @@ def _membership(request: HttpRequest) -> Membership:
 
 def _may(request: HttpRequest) -> dict[str, bool]:
     role = _membership(request).role
-    keys = ("workspaces.create", "workspaces.operate", "workspaces.destroy")
+    keys = ("workspaces.create", "workspaces.operate", "workspaces.destroy", "secrets.view", "secrets.manage")
     return {key.replace(".", "_"): role_allows(role, key) for key in keys}
 
 
@@ -213,3 +214,58 @@ def workspace_file_page(request: HttpRequest, workspace_id: int) -> HttpResponse
         context["editable"] = False
     context.update(content=content, form=FileForm(initial={"content": text}), text=text)
     return render(request, "workspaces/file.html", context)
+
+
+# Secrets ----------------------------------------------------------------------------------------
+
+
+def _secrets_page(request: HttpRequest, *, status: int = 200, form: SecretForm | None = None) -> HttpResponse:
+    context = {"secrets": selectors.secrets_list(), "form": form or SecretForm(), "may": _may(request)}
+    response = render(request, "workspaces/secrets.html", context, status=status)
+    response["Cache-Control"] = "no-store"  # its form takes a secret's value
+    return response
+
+
+@require_GET
+@require_action("secrets.view")
+def secrets_page(request: HttpRequest) -> HttpResponse:
+    return _secrets_page(request)
+
+
+@require_POST
+@require_action("secrets.manage")
+def secret_set_page(request: HttpRequest) -> HttpResponse:
+    form = SecretForm(request.POST)
+    if not form.is_valid():
+        return _secrets_page(request, status=400, form=form)
+    name = form.cleaned_data["name"]
+    existed = Secret.objects.filter(name=name).exists()
+    try:
+        services.secret_set(
+            actor=Actor.from_request(request),
+            organization=_organization(request),
+            name=name,
+            value=form.cleaned_data["value"],
+        )
+    except ServiceError as exc:
+        form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        return _secrets_page(request, status=exc.status, form=form)
+    messages.success(request, f"The secret {name} was {'replaced' if existed else 'saved'}.")
+    return HttpResponseRedirect("/settings/secrets/")
+
+
+@require_POST
+@require_action("secrets.manage")
+def secret_delete_page(request: HttpRequest, secret_id: int) -> HttpResponse:
+    secret = Secret.objects.filter(pk=secret_id).first()
+    if secret is None:
+        raise Http404("No such secret.")
+    try:
+        services.secret_delete(
+            actor=Actor.from_request(request), organization=_organization(request), name=secret.name
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return _secrets_page(request, status=exc.status)
+    messages.success(request, f"The secret {secret.name} was deleted.")
+    return HttpResponseRedirect("/settings/secrets/")

@@ -1,5 +1,5 @@
-"""Workspace pages on the organization's host (members only, by the middleware; what
-each member may do, by @require_action in apps/workspaces/pages.py)."""
+"""Workspace pages and the secrets page on the organization's host (members only, by
+the middleware; what each member may do, by @require_action in apps/workspaces/pages.py)."""
 
 from django.urls import URLPattern, URLResolver, path
 
@@ -15,4 +15,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("workspaces/<int:workspace_id>/destroy/", pages.workspace_destroy_page, name="workspace-destroy"),
     path("workspaces/<int:workspace_id>/tree/", pages.workspace_tree_page, name="workspace-tree"),
     path("workspaces/<int:workspace_id>/file/", pages.workspace_file_page, name="workspace-file"),
+    path("settings/secrets/", pages.secrets_page, name="settings-secrets"),
+    path("settings/secrets/new/", pages.secret_set_page, name="settings-secret-set"),
+    path("settings/secrets/<int:secret_id>/delete/", pages.secret_delete_page, name="settings-secret-delete"),
 ]
