@@ -63,6 +63,24 @@ ACTIONS: Final[dict[str, Action]] = {
         Action("workspaces.destroy", "workspaces", "write", MANAGERS, "Destroy or archive workspaces"),
         Action("secrets.view", "secrets", "read", MANAGERS, "See the names of the organization's secrets"),
         Action("secrets.manage", "secrets", "write", MANAGERS, "Set and delete the organization's secrets"),
+        Action("llm.view", "llm", "read", EVERYONE, "See the models the organization may call"),
+        Action(
+            "llm.call",
+            "llm",
+            "write",
+            BUILDERS,
+            "Call models through the LLM gateway (the OpenAI-compatible endpoint)",
+        ),
+        Action(
+            "llm.usage", "llm_settings", "read", MANAGERS, "See LLM usage and cost by day, model and person"
+        ),
+        Action(
+            "llm.manage",
+            "llm_settings",
+            "write",
+            MANAGERS,
+            "Enable and disable models, set and delete provider credentials",
+        ),
     ]
 }
 
