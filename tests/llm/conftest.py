@@ -1,0 +1,14 @@
+"""Fixtures for the LLM gateway's tests: loopback fakes of the providers' APIs, each
+yielding an object with `base_url`, `script(...)` and `requests` (tests/fakes/llm_fake.py)."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.openai_server import FakeOpenAI, openai_server
+
+
+@pytest.fixture
+def openai_fake() -> Iterator[FakeOpenAI]:
+    with openai_server() as fake:
+        yield fake
