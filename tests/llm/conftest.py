@@ -12,3 +12,14 @@ from tests.fakes.openai_server import FakeOpenAI, openai_server
 def openai_fake() -> Iterator[FakeOpenAI]:
     with openai_server() as fake:
         yield fake
+
+
+@pytest.fixture(autouse=True)
+def _gateway_state_reset() -> Iterator[None]:
+    """Each test starts with no gateway state left by another: snapshots of the catalog
+    and organizations' settings (a rolled-back test's rows must not linger here)."""
+    from apps.llm.gateway import gateway_reset
+
+    gateway_reset()
+    yield
+    gateway_reset()
