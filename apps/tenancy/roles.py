@@ -81,6 +81,14 @@ ACTIONS: Final[dict[str, Action]] = {
             MANAGERS,
             "Enable and disable models, set and delete provider credentials",
         ),
+        Action("prompts.view", "prompts", "read", EVERYONE, "See prompt templates, their versions and diffs"),
+        Action(
+            "prompts.manage",
+            "prompts",
+            "write",
+            BUILDERS,
+            "Create prompt templates, save new versions, roll back and delete them",
+        ),
     ]
 }
 
