@@ -42,7 +42,9 @@ def _workspace(workspace_id: int) -> Workspace:
 CONFLICT = OpenApiResponse(
     ApiError,
     description="The workspace's state does not allow it (`workspace_not_running`, `workspace_archived`,"
-    " `workspace_deleted`), or a limit is reached (`workspace_quota_exceeded`, `running_quota_exceeded`).",
+    " `workspace_deleted`; `workspace_not_running` or `sandbox_missing` also when the runtime no longer"
+    " runs or has its sandbox, and the workspace is then recorded stopped), or a limit is reached"
+    " (`workspace_quota_exceeded`, `running_quota_exceeded`).",
 )
 UNAVAILABLE = OpenApiResponse(
     ApiError,
