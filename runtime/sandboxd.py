@@ -171,6 +171,10 @@ class Exec:
         self.finished = False  # the exit frame is queued (or nobody waits for it)
         self.finished_at = 0.0
         self.deadline = time.monotonic() + float(request["timeout"])
+        # Output still in the pipes after the command exits is read until the pipes stay
+        # quiet for DRAIN_SECONDS (a background child may hold them open forever), but
+        # never dropped while it is only waiting for a slow reader; the timeout caps it.
+        self.drain_limit = self.deadline
         self.drain_until = 0.0
         self.spawn(request)
         for kind, payload in pending:
@@ -216,7 +220,8 @@ class Exec:
             os.chdir("/")
         for fd in (stdin_r, out_w, err_w):
             os.close(fd)
-        os.set_blocking(stdin_w, False)
+        for fd in (stdin_w, out_r, err_r):
+            os.set_blocking(fd, False)
         self.stdin_w = stdin_w
         self.streams = {out_r: b"1", err_r: b"2"}
         self.pidfd = os.pidfd_open(self.pid)
@@ -254,7 +259,10 @@ class Exec:
     def next_deadline(self) -> float:
         if self.status is None and self.pidfd >= 0:
             return self.deadline
-        return float("inf") if self.finished else self.drain_until
+        if self.finished:
+            return float("inf")
+        # Backed up: the socket's POLLOUT wakes us, not the drain clock.
+        return self.drain_until if len(self.outgoing) < OUTGOING_LIMIT else self.drain_limit
 
     def tick(self, now: float) -> None:
         if self.status is None and self.pidfd >= 0 and now >= self.deadline and not self.timed_out:
@@ -266,10 +274,36 @@ class Exec:
         if self.stdin_w >= 0 and not self.stdin_buffer and not self.stdin_open:
             os.close(self.stdin_w)
             self.stdin_w = -1
-        if self.status is not None and (not self.streams or now >= self.drain_until):
+        if self.status is None:
+            return
+        room = len(self.outgoing) < OUTGOING_LIMIT
+        if self.streams and room and now >= self.drain_until and not self.drain_now():
+            # Output arrived (this loop may simply have been starved of CPU): keep reading.
+            self.drain_until = now + DRAIN_SECONDS
+        quiet = room and now >= self.drain_until
+        if not self.streams or quiet or now >= self.drain_limit:
             self.close_pipes()
             self.outgoing += exit_frame(exit_code(self.status), self.timed_out)
             self.finish()
+
+    def drain_now(self) -> bool:
+        """Read what the pipes hold at this moment; True when they held nothing."""
+        empty = True
+        for fd in list(self.streams):
+            while len(self.outgoing) < OUTGOING_LIMIT:
+                try:
+                    data = os.read(fd, CHUNK)
+                except BlockingIOError:
+                    break
+                if not data:
+                    os.close(fd)
+                    del self.streams[fd]
+                    break
+                self.outgoing += frame(self.streams[fd], data)
+                empty = False
+            else:
+                empty = False  # more may wait behind what the socket has not taken yet
+        return empty
 
     def close_pipes(self) -> None:
         for fd in [*self.streams, self.stdin_w]:
@@ -294,9 +328,14 @@ class Exec:
             except OSError:  # the command closed its stdin
                 self.stdin_buffer, self.stdin_open = b"", False
         elif fd in self.streams:
-            data = os.read(fd, CHUNK)
+            try:
+                data = os.read(fd, CHUNK)
+            except BlockingIOError:
+                return
             if data:
                 self.outgoing += frame(self.streams[fd], data)
+                if self.status is not None:
+                    self.drain_until = time.monotonic() + DRAIN_SECONDS
             else:
                 os.close(fd)
                 del self.streams[fd]

@@ -72,7 +72,11 @@ ACTIONS: Final[dict[str, Action]] = {
             "Call models through the LLM gateway (the OpenAI-compatible endpoint)",
         ),
         Action(
-            "llm.usage", "llm_settings", "read", MANAGERS, "See LLM usage and cost by day, model and person"
+            "llm.usage",
+            "llm_settings",
+            "read",
+            MANAGERS,
+            "See LLM usage and cost, and which provider credentials are set",
         ),
         Action(
             "llm.manage",

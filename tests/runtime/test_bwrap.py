@@ -232,6 +232,25 @@ def test_huge_output_keeps_flowing(host: Host, sandbox: SandboxConfig) -> None:
     assert result.exit_code == 0
 
 
+def test_a_slow_reader_still_gets_all_the_output(host: Host, sandbox: SandboxConfig) -> None:
+    """The command exits while its last output still waits in the agent for a reader who
+    is busy; none of it may be dropped. Sizes around what the pipes, the agent and the
+    socket hold together, so at one of them the command exits with output held back."""
+
+    async def read_slowly(size: int) -> int:
+        spec = ExecSpec(argv=["head", "-c", str(size), "/dev/zero"], env={}, cwd="", timeout_seconds=30)
+        received = 0
+        async for event in host.backend.exec(sandbox, spec):
+            if isinstance(event, ExecOutput):
+                if received == 0:
+                    await asyncio.sleep(0.3)  # busy elsewhere while the command finishes
+                received += len(event.data)
+        return received
+
+    sizes = range(300_000, 1_500_001, 100_000)
+    assert [host.call(read_slowly(size)) for size in sizes] == list(sizes)
+
+
 def test_concurrent_execs_in_one_sandbox(host: Host, sandbox: SandboxConfig) -> None:
     async def many() -> list[bytes]:
         async def one(n: int) -> bytes:
