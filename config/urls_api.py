@@ -3,6 +3,7 @@
 from django.urls import path
 
 from apps.llm import api as llm_api
+from apps.llm import api as llm_api
 from apps.tenancy import api
 from apps.workspaces import api as workspaces_api
 
@@ -60,6 +61,9 @@ urlpatterns = [
     path("workspaces/<int:workspace_id>/git/push", workspaces_api.GitPush.as_view(), name="api-git-push"),
     path("secrets", workspaces_api.SecretList.as_view(), name="api-secrets"),
     path("secrets/<int:secret_id>", workspaces_api.SecretDetail.as_view(), name="api-secret"),
+    path("llm/models", llm_api.ModelList.as_view(), name="api-llm-models"),
+    path("llm/credentials", llm_api.CredentialList.as_view(), name="api-llm-credentials"),
+    path("llm/usage", llm_api.UsageView.as_view(), name="api-llm-usage"),
     path("llm/models", llm_api.ModelList.as_view(), name="api-llm-models"),
     path("llm/credentials", llm_api.CredentialList.as_view(), name="api-llm-credentials"),
     path("llm/usage", llm_api.UsageView.as_view(), name="api-llm-usage"),

@@ -67,7 +67,7 @@ class ModelOut(serializers.Serializer[Any]):
     tier = serializers.CharField()
     fallbacks = serializers.ListField(child=serializers.CharField())
     enabled = serializers.BooleanField(help_text="Whether this organization may call it.")
-    credentials = serializers.ChoiceField(
+    key_source = serializers.ChoiceField(
         choices=["organization", "platform", "none", "missing"],
         help_text="Whose key a call uses: the organization's own, the platform's default, none needed"
         " (the local model), or missing (calls answer 403 `missing_credentials`).",
@@ -89,7 +89,7 @@ def _models(organization: Organization) -> list[dict[str, Any]]:
     for model in catalog.values():
         entry = model.as_dict(enabled=config.enabled(model))
         credential = config.credential(model.provider)
-        entry["credentials"] = credential.source if credential is not None else "missing"
+        entry["key_source"] = credential.source if credential is not None else "missing"
         rows.append(entry)
     return rows
 

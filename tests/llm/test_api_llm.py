@@ -46,11 +46,11 @@ def test_every_member_sees_the_catalog_with_what_is_enabled(world: World) -> Non
     models = models_of(client_for(world.amy, world.alpha))
     local = models["smollm2-135m"]
     assert local["enabled"] is True
-    assert local["credentials"] == "none"  # the local model needs no key
+    assert local["key_source"] == "none"  # the local model needs no key
     assert local["provider"] == "local"
     assert local["context_window"] > 0
     assert set(local["capabilities"]) == {"tools", "vision", "json", "embeddings"}
-    assert models["gpt-4o-mini"]["credentials"] == "missing"  # no platform key, none of Alpha's
+    assert models["gpt-4o-mini"]["key_source"] == "missing"  # no platform key, none of Alpha's
     assert "provider_model" not in local
 
 
@@ -92,9 +92,9 @@ def test_credentials_are_set_encrypted_and_never_shown_back(world: World) -> Non
     stored = ProviderCredential.objects.get(organization=world.alpha, provider="openai")
     assert secret not in stored.api_key_encrypted
     assert api_key_decrypt(stored.api_key_encrypted) == secret
-    assert models_of(owner)["gpt-4o-mini"]["credentials"] == "organization"
+    assert models_of(owner)["gpt-4o-mini"]["key_source"] == "organization"
     # Beta is untouched by Alpha's key.
-    assert models_of(client_for(world.bob, world.beta))["gpt-4o-mini"]["credentials"] == "missing"
+    assert models_of(client_for(world.bob, world.beta))["gpt-4o-mini"]["key_source"] == "missing"
     deleted = owner.delete(f"{API}/credentials?provider=openai")
     assert deleted.status_code == 200
     assert {row["provider"]: row for row in deleted.json()}["openai"]["key_source"] == "missing"
