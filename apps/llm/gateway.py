@@ -2,40 +2,183 @@
 
     from apps.llm.gateway import gateway, chat_sync
     response = await gateway().chat(request, context=CallContext(organization_id=org.pk))
+    response.route  # {"model", "provider", "reason", "cache", "cost_usd", "latency_ms", "attempts", ...}
 
-It resolves the model in the catalog (our names, `auto`, aliases), checks the
-organization may use it and has credentials, makes (and keeps) the provider,
-calls it and records in `response.route` which model served and why."""
+A chat call, in order:
+  1. check the request (tools' schemas, parameters): InvalidTool / Invalid, 400;
+  2. plan the route (apps/llm/router.py): the named model or `auto`, its usable
+     fallbacks, context-window fallback; UnknownModel, ModelDisabled,
+     MissingCredentials, ContextTooLong refuse here, before anything is sent;
+  3. caches (apps/llm/cache.py): L1, L2 exact (unless CallContext.cache is False),
+     L3 semantic (when asked for): a hit answers at once, free;
+  4. budgets (apps/llm/budgets.py): BudgetExceeded, 402, nothing sent;
+  5. each candidate in turn: skip it while its provider's circuit is open, wait
+     for a slot in the provider's fair queue (apps/llm/queue.py), call with a
+     timeout, retry retryable errors with backoff (apps/llm/resilience.py), then
+     move on to the next; a bad request (400 from the provider) stops at once;
+  6. meter the call (apps/llm/metering.py; failures cost nothing), store it in
+     the caches, and record the route.
+
+Streams fail over only before their first chunk; an error after it raises
+ProviderFailed (code of the provider's error) at the consumer's next read.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 import weakref
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
+import jsonschema
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 
+from apps.core.errors import Invalid
 from apps.llm import selectors
+from apps.llm.budgets import budgets_check
+from apps.llm.cache import ResponseCache, cache_clear_shared, exact_key
 from apps.llm.catalog import ALIASES
-from apps.llm.errors import MissingCredentials, ModelDisabled, ProviderFailed, UnknownModel
-from apps.llm.providers.base import Provider, ProviderConfig, ProviderError
+from apps.llm.errors import InvalidTool, ProviderFailed
+from apps.llm.metering import Meter, meter
+from apps.llm.providers.base import (
+    AuthenticationFailed,
+    ContextWindowExceeded,
+    Provider,
+    ProviderConfig,
+    ProviderError,
+)
 from apps.llm.providers.registry import make_provider
+from apps.llm.queue import Queues
+from apps.llm.resilience import Breakers, CircuitBreaker, RetryPolicy, with_timeout
+from apps.llm.router import Candidate, RoutePlan, Router, estimate_tokens
 from apps.llm.selectors import ModelInfo, OrganizationConfig
-from apps.llm.types import CallContext, ChatRequest, ChatResponse, EmbeddingResponse, StreamChunk
+from apps.llm.tool_emulation import chat_with_emulated_tools, stream_with_emulated_tools
+from apps.llm.types import (
+    CallContext,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingResponse,
+    Message,
+    StreamChunk,
+    ToolCall,
+    Usage,
+)
 
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 ProviderKey = tuple[str, str, str, float]
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class _ModelFailed(Exception):
+    """Every try on one model failed; the gateway moves on to the next candidate."""
+
+    def __init__(self, error: ProviderError | None) -> None:
+        super().__init__(error.message if error else "skipped")
+        self.error = error
+
+
+@dataclass
+class _Served:
+    candidate: Candidate
+    latency_ms: float
+
+
+def validate_request(request: ChatRequest) -> None:
+    """Refuse what no provider would take, with a 400 naming the problem."""
+    if not request.messages:
+        raise Invalid("Send at least one message.", field="messages")
+    if request.temperature is not None and not 0 <= request.temperature <= 2:
+        raise Invalid("temperature must be between 0 and 2.", field="temperature")
+    if request.top_p is not None and not 0 <= request.top_p <= 1:
+        raise Invalid("top_p must be between 0 and 1.", field="top_p")
+    if request.max_tokens is not None and request.max_tokens < 1:
+        raise Invalid("max_tokens must be at least 1.", field="max_tokens")
+    names = set()
+    for tool in request.tools:
+        if not TOOL_NAME.match(tool.name):
+            raise InvalidTool(
+                f"Tool name {tool.name!r} is invalid: use 1 to 64 letters, digits, _ or -.", field="tools"
+            )
+        if tool.name in names:
+            raise InvalidTool(f"Two tools are named {tool.name!r}.", field="tools")
+        names.add(tool.name)
+        if not isinstance(tool.parameters, dict) or tool.parameters.get("type", "object") != "object":
+            raise InvalidTool(
+                f"The parameters of tool {tool.name!r} must be a JSON Schema of type object.", field="tools"
+            )
+        try:
+            jsonschema.Draft202012Validator.check_schema(tool.parameters)
+        except jsonschema.SchemaError as exc:
+            raise InvalidTool(
+                f"The parameters of tool {tool.name!r} are not a valid JSON Schema: {exc.message}",
+                field="tools",
+            ) from None
+    if request.tool_choice not in (None, "auto", "none", "required") and request.tool_choice not in names:
+        raise InvalidTool(
+            f"tool_choice names {request.tool_choice!r}, which is not among the tools.", field="tools"
+        )
+    if request.json_schema is not None:
+        try:
+            jsonschema.Draft202012Validator.check_schema(request.json_schema)
+        except jsonschema.SchemaError as exc:
+            raise Invalid(
+                f"json_schema is not a valid JSON Schema: {exc.message}", field="json_schema"
+            ) from None
+
+
+def _failed(error: ProviderError | None, model: str, attempts: list[dict[str, Any]]) -> ProviderFailed:
+    tried = ", ".join(f"{a['model']}: {a['outcome']}" for a in attempts) or "none"
+    if error is None:
+        failure = ProviderFailed(
+            f"No model could be tried for {model!r}: every provider in its chain is failing"
+            f" (circuit open). Tried: {tried}.",
+            code="circuit_open",
+        )
+        failure.status = 503
+        return failure
+    failure = ProviderFailed(f"{error.message} (tried: {tried})", code=error.code)
+    if error.status == 400:
+        failure.status = 400
+    return failure
 
 
 class Gateway:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        embedder: Callable[[list[str], CallContext], Awaitable[Sequence[Sequence[float]]]] | None = None,
+    ) -> None:
+        self.router = Router()
+        self.breakers = Breakers()
+        self.queues = Queues()
+        self.meter: Meter = meter()
+        semantic_model = str(getattr(settings, "LLM_SEMANTIC_CACHE_MODEL", "") or "")
+        if embedder is None and semantic_model:
+            embedder = self._embedder(semantic_model)
+        self.cache = ResponseCache(embedder)
         # Providers hold SDK clients bound to an event loop: one set per loop.
         self._providers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ProviderKey, Provider]] = (
             weakref.WeakKeyDictionary()
         )
+
+    def _embedder(
+        self, model: str
+    ) -> Callable[[list[str], CallContext], Awaitable[Sequence[Sequence[float]]]]:
+        async def embed(texts: list[str], context: CallContext) -> Sequence[Sequence[float]]:
+            response = await self.embed(
+                model, texts, context=replace(context, cache=False, semantic_cache=False)
+            )
+            return response.vectors
+
+        return embed
 
     # --- configuration --------------------------------------------------------
 
@@ -51,28 +194,17 @@ class Gateway:
             return cached
         return await sync_to_async(selectors.organization_config)(organization_id=organization_id)
 
-    def _lookup(self, catalog: dict[str, ModelInfo], name: str) -> ModelInfo:
-        model = catalog.get(ALIASES.get(name, name))
-        if model is None:
-            known = ", ".join(sorted(catalog)[:20])
-            raise UnknownModel(f"Unknown model {name!r}. Models in the catalog: {known}.", field="model")
-        return model
+    @staticmethod
+    def _timeout() -> float:
+        return float(getattr(settings, "LLM_TIMEOUT_SECONDS", 60))
 
-    def _check_usable(self, model: ModelInfo, config: OrganizationConfig) -> ProviderConfig:
-        if not config.enabled(model):
-            raise ModelDisabled(f"The model {model.name!r} is disabled for this organization.", field="model")
+    def _provider_config(self, model: ModelInfo, config: OrganizationConfig) -> ProviderConfig:
         credential = config.credential(model.provider)
-        if credential is None:
-            raise MissingCredentials(
-                f"No {model.provider} credentials: add an API key for {model.provider} to the organization"
-                " or ask the platform's operators for a default one.",
-                field="model",
-            )
         return ProviderConfig(
             kind=model.provider,
-            api_key=credential.api_key,
-            base_url=credential.base_url,
-            timeout_seconds=float(getattr(settings, "LLM_TIMEOUT_SECONDS", 60)),
+            api_key=credential.api_key if credential else "",
+            base_url=credential.base_url if credential else "",
+            timeout_seconds=self._timeout(),
         )
 
     def _provider(self, config: ProviderConfig) -> Provider:
@@ -84,81 +216,444 @@ class Gateway:
             provider = providers[key] = make_provider(config)
         return provider
 
+    @staticmethod
+    def _endpoint(config: ProviderConfig) -> str:
+        """What a circuit breaker and a queue guard: one provider endpoint."""
+        return f"{config.kind}:{config.base_url or 'default'}"
+
+    def breaker_for(self, model: ModelInfo, config: OrganizationConfig) -> CircuitBreaker:
+        return self.breakers.get(self._endpoint(self._provider_config(model, config)))
+
     async def close_loop_providers(self) -> None:
-        """Close the providers made for the running loop (sync callers, before their loop ends)."""
+        """Close what was made for the running loop (sync callers, before their loop ends)."""
         providers = self._providers.pop(asyncio.get_running_loop(), {})
         for provider in providers.values():
             await provider.close()
+        await self.cache.close_loop_clients()
 
-    # --- calls ----------------------------------------------------------------
+    async def _flush_if_due(self) -> None:
+        if self.meter.due():
+            try:
+                await sync_to_async(self.meter.flush)()
+            except Exception:  # kept for the next flush; the call itself succeeded
+                logger.exception("LLM usage flush failed")
+
+    # --- trying one model -----------------------------------------------------
+
+    async def _try_model(
+        self,
+        model: ModelInfo,
+        config: OrganizationConfig,
+        context: CallContext,
+        attempts: list[dict[str, Any]],
+        call: Callable[[Provider], Awaitable[T]],
+    ) -> tuple[T, float]:
+        """The result and its latency in ms, after retries; _ModelFailed when this model cannot serve."""
+        provider_config = self._provider_config(model, config)
+        endpoint = self._endpoint(provider_config)
+        breaker = self.breakers.get(endpoint)
+        if not breaker.allow():
+            attempts.append(
+                {"model": model.name, "outcome": "circuit_open", "retry_in_s": round(breaker.retry_in(), 1)}
+            )
+            raise _ModelFailed(None)
+        provider = self._provider(provider_config)
+        queue = self.queues.get(endpoint, provider_kind=model.provider)
+        policy = RetryPolicy.from_settings()
+        retry = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                async with queue.slot(context.organization_id, context.priority):
+                    started = time.perf_counter()
+                    result = await with_timeout(call(provider), self._timeout(), provider=model.provider)
+            except ProviderError as error:
+                breaker.record_failure(error)
+                self.router.stats.record(model.name, ok=False)
+                attempts.append({"model": model.name, "outcome": error.code, "message": error.message[:200]})
+                if isinstance(error, ContextWindowExceeded | AuthenticationFailed):
+                    raise _ModelFailed(error) from error  # another model may serve
+                if not error.retryable:
+                    raise _failed(error, model.name, attempts) from error
+                delay = policy.delay(error, retry)
+                if delay is None or breaker.state == CircuitBreaker.OPEN:
+                    raise _ModelFailed(error) from error
+                await asyncio.sleep(delay)
+                retry += 1
+                if not breaker.allow():
+                    raise _ModelFailed(error) from error
+                continue
+            except Exception as exc:  # an SDK surprise the provider did not map: a clear 502, logged
+                logger.exception("Provider %s raised an unmapped error", model.provider)
+                unmapped = ProviderError(
+                    f"{model.provider} failed unexpectedly: {type(exc).__name__}", provider=model.provider
+                )
+                breaker.record_failure(unmapped)
+                attempts.append({"model": model.name, "outcome": unmapped.code})
+                raise _failed(unmapped, model.name, attempts) from exc
+            latency_ms = (time.perf_counter() - started) * 1000
+            breaker.record_success()
+            self.router.stats.record(model.name, ok=True, latency_ms=latency_ms)
+            attempts.append({"model": model.name, "outcome": "ok"})
+            return result, latency_ms
+
+    @staticmethod
+    def _call_request(request: ChatRequest, model: ModelInfo) -> ChatRequest:
+        return replace(request, model=model.name, provider_model=model.provider_model)
+
+    @staticmethod
+    def _chat_call(request: ChatRequest) -> Callable[[Provider], Awaitable[ChatResponse]]:
+        def call(provider: Provider) -> Awaitable[ChatResponse]:
+            if request.tools and not provider.native_tools:
+                return chat_with_emulated_tools(provider, request)
+            return provider.chat(request)
+
+        return call
+
+    # --- chat -----------------------------------------------------------------
+
+    async def _prepare(
+        self, request: ChatRequest, context: CallContext
+    ) -> tuple[OrganizationConfig, RoutePlan]:
+        validate_request(request)
+        catalog = await self._catalog()
+        config = await self._config(context.organization_id)
+        return config, self.router.plan(request, catalog, config)
+
+    def _route(
+        self,
+        plan: RoutePlan,
+        candidate: Candidate,
+        *,
+        cache: str | None,
+        cost_usd: float,
+        latency_ms: float,
+        attempts: list[dict[str, Any]],
+        semantic_note: str | None = None,
+    ) -> dict[str, Any]:
+        route: dict[str, Any] = {
+            "model": candidate.model.name,
+            "provider": candidate.model.provider,
+            "requested": plan.requested,
+            "reason": candidate.reason,
+            "cache": cache,
+            "cost_usd": cost_usd,
+            "latency_ms": round(latency_ms, 3),
+            "attempts": attempts,
+            "prompt_tokens_estimate": plan.prompt_tokens,
+        }
+        if plan.skipped:
+            route["skipped"] = plan.skipped
+        if semantic_note:
+            route["semantic_cache"] = semantic_note
+        return route
 
     async def chat(self, request: ChatRequest, *, context: CallContext) -> ChatResponse:
-        catalog = await self._catalog()
-        config = await self._config(context.organization_id)
-        model = self._lookup(catalog, request.model)
-        provider_config = self._check_usable(model, config)
-        provider = self._provider(provider_config)
         started = time.perf_counter()
-        try:
-            response = await provider.chat(
-                replace(request, model=model.name, provider_model=model.provider_model)
+        config, plan = await self._prepare(request, context)
+        primary = plan.candidates[0]
+        key = exact_key(request, context.organization_id) if context.cache else None
+        if key is not None:
+            hit = await self.cache.get_exact(key)
+            if hit is not None:
+                return self._cached(hit[0], hit[1], plan, primary, context, started)
+        semantic_note: str | None = None
+        vector: list[float] | None = None
+        if context.semantic_cache:
+            semantic_note = self.cache.semantic_unavailable(request)
+            if semantic_note is None:
+                cached, vector, similarity = await self.cache.get_semantic(request, context)
+                semantic_note = f"similarity {similarity:.3f}"
+                if cached is not None:
+                    response = self._cached(cached, "l3", plan, primary, context, started)
+                    response.route["semantic_cache"] = semantic_note
+                    return response
+        await budgets_check(
+            config=config,
+            context=context,
+            estimate_usd=primary.model.cost(plan.prompt_tokens, 0),
+            meter=self.meter,
+        )
+        attempts: list[dict[str, Any]] = []
+        last_error: ProviderError | None = None
+        for candidate in plan.candidates:
+            model = candidate.model
+            try:
+                response, latency_ms = await self._try_model(
+                    model, config, context, attempts, self._chat_call(self._call_request(request, model))
+                )
+            except _ModelFailed as failed:
+                last_error = failed.error or last_error
+                continue
+            except ProviderFailed:
+                self.meter.record(context=context, model=model.name, provider=model.provider, failed=True)
+                raise
+            usage = response.usage
+            cost = model.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+            self.meter.record(
+                context=context,
+                model=model.name,
+                provider=model.provider,
+                usage=usage,
+                cost_usd=cost,
+                latency_ms=latency_ms,
             )
-        except ProviderError as exc:
-            raise ProviderFailed(f"{model.name}: {exc.message}", code=exc.code) from exc
-        latency_ms = (time.perf_counter() - started) * 1000
-        usage = response.usage
-        route = {
-            "model": model.name,
-            "provider": model.provider,
-            "reason": "requested",
-            "cache": None,
-            "cost_usd": model.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens),
-            "latency_ms": round(latency_ms, 3),
-            "attempts": [{"model": model.name, "outcome": "ok"}],
-        }
-        return replace(response, model=model.name, provider=model.provider, route=route)
+            response = replace(response, model=model.name, provider=model.provider)
+            if response.finish_reason != "error":
+                if key is not None:
+                    await self.cache.put_exact(key, response)
+                if vector is not None:
+                    await self.cache.put_semantic(request, context, vector, response)
+            route = self._route(
+                plan,
+                candidate,
+                cache=None,
+                cost_usd=cost,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                attempts=attempts,
+                semantic_note=semantic_note,
+            )
+            route["provider_latency_ms"] = round(latency_ms, 3)
+            await self._flush_if_due()
+            return replace(response, route=route)
+        self.meter.record(
+            context=context, model=primary.model.name, provider=primary.model.provider, failed=True
+        )
+        await self._flush_if_due()
+        raise _failed(last_error, primary.model.name, attempts)
+
+    def _cached(
+        self,
+        response: ChatResponse,
+        level: str,
+        plan: RoutePlan,
+        primary: Candidate,
+        context: CallContext,
+        started: float,
+    ) -> ChatResponse:
+        served = Candidate(primary.model, f"{primary.reason}; answered from the {level.upper()} cache")
+        if response.model != primary.model.name:
+            served = Candidate(
+                replace(primary.model, name=response.model, provider=response.provider), served.reason
+            )
+        self.meter.record(context=context, model=response.model, provider=response.provider, cache_hit=True)
+        route = self._route(
+            plan,
+            served,
+            cache=level,
+            cost_usd=0.0,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            attempts=[],
+        )
+        return replace(response, route=route)
+
+    # --- streaming ------------------------------------------------------------
 
     async def stream(self, request: ChatRequest, *, context: CallContext) -> AsyncIterator[StreamChunk]:
-        catalog = await self._catalog()
-        config = await self._config(context.organization_id)
-        model = self._lookup(catalog, request.model)
-        provider = self._provider(self._check_usable(model, config))
-        try:
-            async for chunk in provider.stream(
-                replace(request, model=model.name, provider_model=model.provider_model)
-            ):
-                yield replace(chunk, model=model.name)
-        except ProviderError as exc:
-            raise ProviderFailed(f"{model.name}: {exc.message}", code=exc.code) from exc
+        started = time.perf_counter()
+        config, plan = await self._prepare(request, context)
+        primary = plan.candidates[0]
+        key = exact_key(request, context.organization_id) if context.cache else None
+        if key is not None:
+            hit = await self.cache.get_exact(key)
+            if hit is not None:
+                cached = self._cached(hit[0], hit[1], plan, primary, context, started)
+                yield StreamChunk(
+                    text=cached.message.content or "",
+                    tool_calls=cached.message.tool_calls,
+                    model=cached.model,
+                )
+                yield StreamChunk(finish_reason=cached.finish_reason, usage=Usage(), model=cached.model)
+                return
+        await budgets_check(
+            config=config,
+            context=context,
+            estimate_usd=primary.model.cost(plan.prompt_tokens, 0),
+            meter=self.meter,
+        )
+        attempts: list[dict[str, Any]] = []
+        last_error: ProviderError | None = None
+        for candidate in plan.candidates:
+            model = candidate.model
+            call_request = self._call_request(request, model)
+            opened: dict[str, Any] = {}
+
+            async def first_chunk(
+                provider: Provider, call_request: ChatRequest = call_request, opened: dict[str, Any] = opened
+            ) -> StreamChunk | None:
+                if request.tools and not provider.native_tools:
+                    chunks = stream_with_emulated_tools(provider, call_request)
+                else:
+                    chunks = provider.stream(call_request)
+                iterator = chunks.__aiter__()
+                opened["iterator"] = iterator
+                try:
+                    return await iterator.__anext__()
+                except StopAsyncIteration:
+                    return None
+
+            try:
+                first, _ = await self._try_model(model, config, context, attempts, first_chunk)
+            except _ModelFailed as failed:
+                last_error = failed.error or last_error
+                continue
+            except ProviderFailed:
+                self.meter.record(context=context, model=model.name, provider=model.provider, failed=True)
+                raise
+            relay = self._relay(first, opened["iterator"], model, config, plan, context, key, started)
+            async for chunk in relay:
+                yield chunk
+            return
+        self.meter.record(
+            context=context, model=primary.model.name, provider=primary.model.provider, failed=True
+        )
+        raise _failed(last_error, primary.model.name, attempts)
+
+    async def _relay(
+        self,
+        first: StreamChunk | None,
+        iterator: AsyncIterator[StreamChunk],
+        model: ModelInfo,
+        config: OrganizationConfig,
+        plan: RoutePlan,
+        context: CallContext,
+        key: str | None,
+        started: float,
+    ) -> AsyncIterator[StreamChunk]:
+        """Pass the stream on (after its first chunk no fallback: errors end it), then meter and cache it."""
+        text: list[str] = []
+        calls: list[ToolCall] = []
+        finish: StreamChunk | None = None
+        chunk = first
+        while chunk is not None:
+            text.append(chunk.text)
+            calls.extend(chunk.tool_calls)
+            if chunk.finish_reason is not None:
+                finish = chunk
+            yield replace(chunk, model=model.name)
+            try:
+                chunk = await with_timeout(iterator.__anext__(), self._timeout(), provider=model.provider)
+            except StopAsyncIteration:
+                chunk = None
+            except ProviderError as error:
+                self.router.stats.record(model.name, ok=False)
+                self.breaker_for(model, config).record_failure(error)
+                self.meter.record(context=context, model=model.name, provider=model.provider, failed=True)
+                failure = ProviderFailed(
+                    f"{model.name}: the stream broke after it started ({error.message})", code=error.code
+                )
+                raise failure from error
+        usage = finish.usage if finish is not None and finish.usage is not None else None
+        if usage is None:
+            usage = Usage(
+                input_tokens=plan.prompt_tokens,
+                output_tokens=estimate_tokens(
+                    ChatRequest(
+                        model=model.name, messages=(Message(role="assistant", content="".join(text)),)
+                    ),
+                    model.provider,
+                ),
+            )
+        cost = model.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+        self.meter.record(
+            context=context,
+            model=model.name,
+            provider=model.provider,
+            usage=usage,
+            cost_usd=cost,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+        finish_reason = finish.finish_reason if finish is not None and finish.finish_reason else "stop"
+        if key is not None and finish_reason != "error":
+            response = ChatResponse(
+                model=model.name,
+                message=Message(role="assistant", content="".join(text) or None, tool_calls=tuple(calls)),
+                finish_reason=finish_reason,
+                usage=usage,
+                provider=model.provider,
+            )
+            await self.cache.put_exact(key, response)
+        await self._flush_if_due()
+
+    # --- embeddings -----------------------------------------------------------
 
     async def embed(self, model: str, inputs: list[str], *, context: CallContext) -> EmbeddingResponse:
+        if not inputs or not all(isinstance(text, str) and text for text in inputs):
+            raise Invalid("Give one or more non-empty texts to embed.", field="input")
+        if len(inputs) > MAX_EMBEDDING_INPUTS:
+            raise Invalid(f"At most {MAX_EMBEDDING_INPUTS} texts per call.", field="input")
+        started = time.perf_counter()
         catalog = await self._catalog()
         config = await self._config(context.organization_id)
-        info = self._lookup(catalog, model)
-        provider = self._provider(self._check_usable(info, config))
+        info = self.router.lookup_embedding(catalog, model)
+        self.router.check_usable(info, config)
+        tokens = sum(len(text) for text in inputs) // 4 + len(inputs)
+        await budgets_check(
+            config=config, context=context, estimate_usd=info.cost(tokens, 0), meter=self.meter
+        )
+        attempts: list[dict[str, Any]] = []
+
+        def call(provider: Provider) -> Awaitable[EmbeddingResponse]:
+            return provider.embed(info.provider_model, inputs)
+
         try:
-            response = await provider.embed(info.provider_model, inputs)
-        except ProviderError as exc:
-            raise ProviderFailed(f"{info.name}: {exc.message}", code=exc.code) from exc
+            response, _ = await self._try_model(info, config, context, attempts, call)
+        except _ModelFailed as failed:
+            self.meter.record(context=context, model=info.name, provider=info.provider, failed=True)
+            raise _failed(failed.error, info.name, attempts) from None
+        except ProviderFailed:
+            self.meter.record(context=context, model=info.name, provider=info.provider, failed=True)
+            raise
+        cost = info.cost(response.usage.input_tokens, 0)
+        self.meter.record(
+            context=context,
+            model=info.name,
+            provider=info.provider,
+            usage=response.usage,
+            cost_usd=cost,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+        await self._flush_if_due()
         return replace(response, model=info.name, provider=info.provider)
 
+    # --- reads ----------------------------------------------------------------
+
     def estimate_cost(self, request: ChatRequest, *, context: CallContext) -> dict[str, Any]:
-        catalog = selectors.catalog_models()
-        model = self._lookup(catalog, request.model)
-        tokens_in = sum(len(message.content or "") + 16 for message in request.messages) // 4 + 1
-        max_out = request.max_tokens or model.max_output_tokens
+        """What the call would cost, before sending it: the model the router would pick,
+        the prompt's tokens, the most it may write, and the cost range in US dollars
+        (low: the prompt only; high: the prompt and max_tokens, or the model's output
+        limit). Sync (reads the database when its snapshot is stale)."""
+        validate_request(request)
+        catalog = selectors.catalog_cached() or selectors.catalog_models()
+        config = selectors.organization_config_cached(
+            context.organization_id
+        ) or selectors.organization_config(organization_id=context.organization_id)
+        plan = self.router.plan(request, catalog, config)
+        model = plan.candidates[0].model
+        max_out = min(request.max_tokens or model.max_output_tokens, model.max_output_tokens)
         return {
             "model": model.name,
-            "input_tokens": tokens_in,
+            "provider": model.provider,
+            "reason": plan.candidates[0].reason,
+            "input_tokens": plan.prompt_tokens,
             "max_output_tokens": max_out,
-            "usd_low": model.cost(tokens_in, 0),
-            "usd_high": model.cost(tokens_in, max_out),
+            "usd_low": model.cost(plan.prompt_tokens, 0),
+            "usd_high": model.cost(plan.prompt_tokens, max_out),
         }
 
     async def models(self, *, organization_id: int) -> list[dict[str, Any]]:
         catalog = await self._catalog()
         config = await self._config(organization_id)
-        return [model.as_dict(enabled=config.enabled(model)) for model in catalog.values()]
+        aliases: dict[str, list[str]] = {}
+        for alias, name in ALIASES.items():
+            aliases.setdefault(name, []).append(alias)
+        rows = []
+        for model in catalog.values():
+            row = model.as_dict(enabled=config.enabled(model))
+            row["aliases"] = aliases.get(model.name, [])
+            row["credentials"] = config.credential(model.provider) is not None
+            rows.append(row)
+        return rows
 
 
 _gateway: Gateway | None = None
@@ -171,6 +666,18 @@ def gateway() -> Gateway:
     return _gateway
 
 
+def gateway_reset() -> None:
+    """Forget every process-wide state: snapshots, caches, breakers, moving averages and
+    unwritten usage (tests; a fresh gateway reads its settings again)."""
+    global _gateway
+    selectors.snapshots_clear()
+    if _gateway is not None:
+        _gateway.cache.l1.clear()
+    cache_clear_shared()
+    meter().discard()
+    _gateway = None
+
+
 def chat_sync(request: ChatRequest, *, context: CallContext) -> ChatResponse:
     """For Celery tasks and other sync code (not from inside a running event loop)."""
 
@@ -181,10 +688,3 @@ def chat_sync(request: ChatRequest, *, context: CallContext) -> ChatResponse:
             await gateway().close_loop_providers()
 
     return async_to_sync(call)()
-
-
-def gateway_reset() -> None:
-    """Forget every process-wide state: snapshots, and (for tests) the gateway itself."""
-    global _gateway
-    selectors.snapshots_clear()
-    _gateway = None
