@@ -3,7 +3,7 @@
 from django.urls import path
 
 from apps.llm import api as llm_api
-from apps.llm import api as llm_api
+from apps.prompts import urls_api as prompts_urls
 from apps.tenancy import api
 from apps.workspaces import api as workspaces_api
 
@@ -64,7 +64,5 @@ urlpatterns = [
     path("llm/models", llm_api.ModelList.as_view(), name="api-llm-models"),
     path("llm/credentials", llm_api.CredentialList.as_view(), name="api-llm-credentials"),
     path("llm/usage", llm_api.UsageView.as_view(), name="api-llm-usage"),
-    path("llm/models", llm_api.ModelList.as_view(), name="api-llm-models"),
-    path("llm/credentials", llm_api.CredentialList.as_view(), name="api-llm-credentials"),
-    path("llm/usage", llm_api.UsageView.as_view(), name="api-llm-usage"),
+    *prompts_urls.urlpatterns,
 ]

@@ -76,12 +76,43 @@ def _alpha_secret(world: World) -> int:
     return secret.pk
 
 
+def _alpha_prompt(world: World) -> int:
+    """A prompt template of Alpha with two versions (every route: read, diff, roll back, render)."""
+    from apps.prompts import services as prompts_services
+    from apps.prompts.models import PromptTemplate
+    from apps.tenancy.audit import Actor
+
+    template = PromptTemplate.objects.filter(name="isolation-sample").first()
+    if template is None:
+        actor = Actor(user=world.alice)
+        template = prompts_services.template_create(
+            actor=actor, organization=world.alpha, name="isolation-sample", body="Alpha's secret prompt v1"
+        )
+        prompts_services.version_create(
+            actor=actor, organization=world.alpha, template=template, body="Alpha's secret prompt v2"
+        )
+    return template.pk
+
+
+def _alpha_prompt_version(world: World) -> int:
+    _alpha_prompt(world)
+    return 1
+
+
+def _catalog_model(world: World) -> str:
+    """A model name (/v1/models/<model_id>): the catalog is shared, the key decides who asks."""
+    return "smollm2-135m"
+
+
 SAMPLE_VALUES: dict[str, Callable[[World], Any]] = {
     "member_id": _alpha_member,
     "invitation_id": _alpha_invitation,
     "key_id": _alpha_api_key,
     "workspace_id": _alpha_workspace,
     "secret_id": _alpha_secret,
+    "prompt_id": _alpha_prompt,
+    "prompt_version": _alpha_prompt_version,
+    "model_id": _catalog_model,
 }
 
 REFUSED = {400, 401, 403, 404, 405}
