@@ -1,0 +1,275 @@
+"""OpenAI through the official `openai` SDK (AsyncOpenAI): chat, streaming with tool
+calls assembled from their deltas and usage from `stream_options.include_usage`,
+native tools, JSON mode and JSON Schema output, embeddings.
+
+The SDK's own retries are off (max_retries=0): the gateway retries, with its
+backoff, circuit breakers and fallbacks, and must see every failure."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, ClassVar
+
+import httpx2
+import openai
+from openai import AsyncOpenAI
+
+from apps.llm.providers.base import (
+    MalformedResponse,
+    Provider,
+    ProviderConfig,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from apps.llm.providers.http_errors import error_for_status
+from apps.llm.providers.registry import register_provider
+from apps.llm.tokens import estimate_message_tokens, family_of
+from apps.llm.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingResponse,
+    FinishReason,
+    Message,
+    StreamChunk,
+    ToolCall,
+    Usage,
+)
+
+FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+# What an answer that is not the promised shape raises while we read it.
+SHAPE_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+def map_openai_error(exc: BaseException, provider: str) -> ProviderError:
+    """An `openai` SDK (or its HTTP client's) failure as our provider error."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+        return ProviderTimeout(f"{provider} did not answer in time", provider=provider)
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body
+        code = exc.code
+        message = exc.message
+        if isinstance(body, dict):
+            message = str(body.get("message") or message)
+        return error_for_status(
+            exc.status_code, message, provider=provider, headers=exc.response.headers, code=code
+        )
+    if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
+        return ProviderUnavailable(f"{provider} could not be reached: {exc}", provider=provider)
+    if isinstance(exc, (openai.APIResponseValidationError, *SHAPE_ERRORS)):
+        return MalformedResponse(f"{provider} sent an answer that cannot be read: {exc}", provider=provider)
+    return ProviderError(f"{provider}: {exc}", provider=provider)
+
+
+def openai_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = []
+    for message in messages:
+        item: dict[str, Any] = {"role": message.role}
+        if message.role == "tool":
+            item["tool_call_id"] = message.tool_call_id or ""
+            item["content"] = message.content or ""
+        elif message.role == "assistant" and message.tool_calls:
+            item["content"] = message.content
+            item["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in message.tool_calls
+            ]
+        else:
+            item["content"] = message.content or ""
+        if message.name and message.role != "tool":
+            item["name"] = message.name
+        result.append(item)
+    return result
+
+
+@register_provider
+class OpenAIProvider(Provider):
+    kind: ClassVar[str] = "openai"
+    # OpenAI's newer models refuse max_tokens; servers that copy the API know only max_tokens.
+    max_tokens_field: ClassVar[str] = "max_completion_tokens"
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        self.label = self.kind
+        self.client = AsyncOpenAI(
+            api_key=config.api_key or "none",  # keyless servers ignore it; the SDK insists on one
+            base_url=config.base_url or None,
+            timeout=config.timeout_seconds,
+            max_retries=0,
+        )
+
+    # -- translating ---------------------------------------------------------------------------------
+
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.provider_model or request.model,
+            "messages": openai_messages(request.messages),
+        }
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool.name,
+                        "description": tool.description,
+                        "parameters": tool.parameters,
+                    },
+                }
+                for tool in request.tools
+            ]
+            if request.tool_choice in ("auto", "none", "required"):
+                body["tool_choice"] = request.tool_choice
+            elif request.tool_choice:
+                body["tool_choice"] = {"type": "function", "function": {"name": request.tool_choice}}
+        if request.response_format == "json":
+            body["response_format"] = self.json_format(request)
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.max_tokens is not None:
+            body[self.max_tokens_field] = request.max_tokens
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        return body
+
+    def json_format(self, request: ChatRequest) -> dict[str, Any]:
+        if request.json_schema:
+            return {
+                "type": "json_schema",
+                "json_schema": {"name": "response", "schema": request.json_schema, "strict": False},
+            }
+        return {"type": "json_object"}
+
+    def stream_options(self) -> dict[str, Any] | None:
+        return {"include_usage": True}
+
+    def _response(self, request: ChatRequest, completion: Any) -> ChatResponse:
+        if not completion.choices:
+            raise MalformedResponse(f"{self.label} answered with no choices", provider=self.kind)
+        choice = completion.choices[0]
+        message = choice.message
+        calls = tuple(
+            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "{}")
+            for call in (message.tool_calls or ())
+            if getattr(call, "function", None) is not None
+        )
+        usage = self._usage(completion.usage)
+        if usage is None:
+            usage = Usage(self.count_tokens(request.model, request.messages), 0, 0)
+        finish: FinishReason = FINISH_REASONS.get(str(choice.finish_reason), "stop")
+        if calls and finish == "stop":
+            finish = "tool_calls"  # some servers say "stop" after a tool call
+        return ChatResponse(
+            model=request.model,
+            message=Message(role="assistant", content=message.content, tool_calls=calls),
+            finish_reason=finish,
+            usage=usage,
+            provider=self.kind,
+            id=str(completion.id or ""),
+        )
+
+    @staticmethod
+    def _usage(usage: Any) -> Usage | None:
+        if usage is None:
+            return None
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = getattr(details, "cached_tokens", None) if details is not None else None
+        return Usage(
+            input_tokens=int(usage.prompt_tokens or 0),
+            output_tokens=int(usage.completion_tokens or 0),
+            cached_tokens=int(cached or 0),
+        )
+
+    # -- calls ---------------------------------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        try:
+            completion = await self.client.chat.completions.create(**self.request_body(request))
+            return self._response(request, completion)
+        except Exception as exc:
+            raise map_openai_error(exc, self.label) from exc
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        body = self.request_body(request)
+        options = self.stream_options()
+        if options:
+            body["stream_options"] = options
+        calls: dict[int, dict[str, str]] = {}
+        finish: FinishReason | None = None
+        usage: Usage | None = None
+        output = ""
+        try:
+            stream = await self.client.chat.completions.create(stream=True, **body)
+            async with stream:
+                async for chunk in stream:
+                    usage = self._usage(getattr(chunk, "usage", None)) or usage
+                    for choice in chunk.choices or ():
+                        delta = choice.delta
+                        if delta is not None and delta.content:
+                            output += delta.content
+                            yield StreamChunk(text=delta.content, model=request.model)
+                        for part in (delta.tool_calls if delta is not None else None) or ():
+                            slot = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                            slot["id"] = part.id or slot["id"]
+                            if part.function is not None:
+                                slot["name"] += part.function.name or ""
+                                slot["arguments"] += part.function.arguments or ""
+                        if choice.finish_reason:
+                            finish = FINISH_REASONS.get(str(choice.finish_reason), "stop")
+        except Exception as exc:
+            raise map_openai_error(exc, self.label) from exc
+        if finish is None:
+            raise MalformedResponse(f"{self.label}'s stream ended before the answer did", provider=self.kind)
+        tool_calls = tuple(
+            ToolCall(id=slot["id"] or f"call_{index}", name=slot["name"], arguments=slot["arguments"] or "{}")
+            for index, slot in sorted(calls.items())
+        )
+        if tool_calls and finish == "stop":
+            finish = "tool_calls"
+        if usage is None:  # a server that does not report usage on streams: our estimate
+            usage = Usage(
+                self.count_tokens(request.model, request.messages),
+                self.estimate_output_tokens(output, tool_calls),
+                0,
+            )
+        yield StreamChunk(tool_calls=tool_calls, finish_reason=finish, usage=usage, model=request.model)
+
+    async def embed(self, model: str, inputs: list[str]) -> EmbeddingResponse:
+        try:
+            response = await self.client.embeddings.create(model=model, input=inputs, encoding_format="float")
+            data = sorted(response.data, key=lambda item: item.index)
+            vectors = tuple(tuple(float(value) for value in item.embedding) for item in data)
+            if len(vectors) != len(inputs):
+                raise MalformedResponse(
+                    f"{self.label} returned {len(vectors)} embeddings for {len(inputs)} inputs",
+                    provider=self.kind,
+                )
+            tokens = int(response.usage.prompt_tokens or 0) if response.usage else 0
+        except Exception as exc:
+            raise map_openai_error(exc, self.label) from exc
+        return EmbeddingResponse(model=model, vectors=vectors, usage=Usage(tokens, 0, 0), provider=self.kind)
+
+    def count_tokens(self, model: str, messages: tuple[Message, ...]) -> int:
+        return estimate_message_tokens(messages, family_of(self.kind))
+
+    def estimate_output_tokens(self, text: str, calls: Iterable[ToolCall]) -> int:
+        reply = Message(role="assistant", content=text, tool_calls=tuple(calls))
+        return estimate_message_tokens((reply,), family_of(self.kind)) - family_of(self.kind).per_reply
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,325 @@
+"""Tool calling for models that only write text.
+
+`emulate_request` turns a request with tools into one without: the tools and the
+answer format go into the system prompt, earlier tool calls and tool results become
+plain conversation. `parse_tool_calls` reads the answer back into the same ToolCall
+type native tool calling gives, tolerating what small models actually write: other
+fence labels or none, <tool_call> tags, single quotes, trailing commas, Python
+literals, "args"/"parameters"/"input" for "arguments", arguments as a JSON string,
+a list of calls, and a block cut off by the token limit.
+
+    response = await chat_with_emulated_tools(provider, request)   # same ChatResponse shape
+
+A provider whose server cannot do tools calls this itself (apps/llm/providers/
+openai_compatible.py with tools "emulated"); the gateway may call it for a catalog
+model without native tools. Either way the provider then sees a request with no
+tools, so nothing is emulated twice."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from apps.llm.providers.base import Provider
+from apps.llm.types import ChatRequest, ChatResponse, Message, StreamChunk, Tool, ToolCall
+
+FENCE_LABEL = "tool_call"
+_NAME_KEYS = ("name", "tool", "tool_name", "function_name", "function")
+_ARGUMENT_KEYS = ("arguments", "args", "parameters", "params", "input", "tool_input", "kwargs")
+_FENCED = re.compile(r"```[ \t]*([A-Za-z_\-]*)[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
+_TAGGED = re.compile(r"<(tool_call|function_call|tool)>\s*(.*?)\s*(?:</\1>|\Z)", re.DOTALL | re.IGNORECASE)
+
+
+def tools_prompt(tools: Sequence[Tool], tool_choice: str | None = None) -> str:
+    lines = [
+        "You can call tools. The tools:",
+        "",
+    ]
+    for tool in tools:
+        lines.append(f"- {tool.name}: {tool.description}".rstrip(": "))
+        lines.append(f"  arguments (JSON Schema): {json.dumps(tool.parameters, separators=(',', ':'))}")
+    lines += [
+        "",
+        "To call a tool, answer with a fenced block like this one and nothing after it:",
+        f"```{FENCE_LABEL}",
+        '{"name": "<tool name>", "arguments": {<the arguments as a JSON object>}}',
+        "```",
+        "Use one block per call to call several tools. The results come back in the next message.",
+    ]
+    if tool_choice == "required":
+        lines.append("You must call at least one tool now.")
+    elif tool_choice and tool_choice not in ("auto", "none"):
+        lines.append(f"You must call the tool {tool_choice} now.")
+    else:
+        lines.append("If no tool is needed, answer normally without a block.")
+    return "\n".join(lines)
+
+
+def _call_block(call: ToolCall) -> str:
+    try:
+        arguments: Any = json.loads(call.arguments or "{}")
+    except ValueError:
+        arguments = call.arguments
+    return f"```{FENCE_LABEL}\n{json.dumps({'name': call.name, 'arguments': arguments})}\n```"
+
+
+def emulate_request(request: ChatRequest) -> ChatRequest:
+    """The same conversation for a text-only model: tools described in the system prompt."""
+    if not request.tools and not any(m.tool_calls or m.role == "tool" for m in request.messages):
+        return request
+    names = {}
+    messages: list[Message] = []
+    for message in request.messages:
+        if message.role == "assistant" and message.tool_calls:
+            for call in message.tool_calls:
+                names[call.id] = call.name
+            blocks = "\n".join(_call_block(call) for call in message.tool_calls)
+            text = f"{message.content}\n{blocks}" if message.content else blocks
+            messages.append(Message(role="assistant", content=text, pinned=message.pinned))
+        elif message.role == "tool":
+            name = names.get(message.tool_call_id or "", message.name or "the tool")
+            text = f"Result of {name}:\n{message.content or ''}"
+            messages.append(Message(role="user", content=text, pinned=message.pinned))
+        else:
+            messages.append(message)
+    if request.tools and request.tool_choice != "none":
+        prompt = tools_prompt(request.tools, request.tool_choice)
+        if messages and messages[0].role == "system":
+            first = messages[0]
+            messages[0] = replace(first, content=f"{first.content or ''}\n\n{prompt}".strip())
+        else:
+            messages.insert(0, Message(role="system", content=prompt))
+    return replace(request, messages=tuple(messages), tools=(), tool_choice=None)
+
+
+# -- reading the answer ------------------------------------------------------------------------------
+
+
+def _balanced_objects(text: str) -> list[tuple[int, int]]:
+    """Spans of top-level {...} or [...] in text, skipping brackets inside strings."""
+    spans = []
+    depth = 0
+    start = -1
+    quote = ""
+    escaped = False
+    for index, char in enumerate(text):
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+            continue
+        if char in "\"'" and depth:
+            quote = char
+        elif char in "{[":
+            if depth == 0:
+                start = index
+            depth += 1
+        elif char in "}]" and depth:
+            depth -= 1
+            if depth == 0:
+                spans.append((start, index + 1))
+    if depth and start >= 0:  # cut off by the token limit: try what there is
+        spans.append((start, len(text)))
+    return spans
+
+
+def _loads_tolerant(text: str) -> Any:
+    text = text.strip()
+    if not text:
+        raise ValueError("empty")
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    repaired = re.sub(r",\s*([}\]])", r"\1", text)
+    try:
+        return json.loads(repaired)
+    except ValueError:
+        pass
+    try:  # single quotes, True/False/None: a Python literal
+        return ast.literal_eval(
+            re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", repaired)))
+        )
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        pass
+    # Cut off: close what is open and try once more.
+    closers = []
+    quote = ""
+    escaped = False
+    for char in repaired:
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char == '"':
+            quote = char
+        elif char in "{[":
+            closers.append("}" if char == "{" else "]")
+        elif char in "}]" and closers:
+            closers.pop()
+    if closers:
+        candidate = repaired + (quote or "") + "".join(reversed(closers))
+        return json.loads(re.sub(r",\s*([}\]])", r"\1", candidate))
+    raise ValueError("not JSON")
+
+
+def _match_tool(name: Any, tools: Sequence[Tool]) -> Tool | None:
+    if not isinstance(name, str):
+        return None
+    for tool in tools:
+        if tool.name == name:
+            return tool
+    lowered = name.strip().lower().replace("-", "_")
+    for tool in tools:
+        if tool.name.lower().replace("-", "_") == lowered:
+            return tool
+    return None
+
+
+def _as_call(value: Any, tools: Sequence[Tool], forced: Tool | None) -> ToolCall | None:
+    if not isinstance(value, dict):
+        return None
+    name: Any = None
+    arguments: Any = None
+    for key in _NAME_KEYS:
+        if key in value:
+            name = value[key]
+            break
+    if isinstance(name, dict):  # {"function": {"name": ..., "arguments": ...}}
+        return _as_call(name, tools, forced)
+    for key in _ARGUMENT_KEYS:
+        if key in value:
+            arguments = value[key]
+            break
+    tool = _match_tool(name, tools)
+    if tool is None:
+        if forced is None or arguments is not None:
+            return None
+        tool, arguments = forced, value  # the forced tool's arguments, written bare
+    if isinstance(arguments, str):
+        try:
+            arguments = _loads_tolerant(arguments)
+        except ValueError:
+            return None
+    if arguments is None:
+        arguments = {key: item for key, item in value.items() if key not in _NAME_KEYS}
+    if not isinstance(arguments, dict):
+        return None
+    return ToolCall(id=f"call_{secrets.token_hex(8)}", name=tool.name, arguments=json.dumps(arguments))
+
+
+def _calls_in(value: Any, tools: Sequence[Tool], forced: Tool | None) -> list[ToolCall]:
+    if isinstance(value, dict) and isinstance(value.get("tool_calls"), list):
+        value = value["tool_calls"]
+    items = value if isinstance(value, list) else [value]
+    calls = [_as_call(item, tools, forced) for item in items]
+    return [call for call in calls if call is not None]
+
+
+def parse_tool_calls(
+    text: str | None, tools: Sequence[Tool], *, tool_choice: str | None = None
+) -> tuple[str | None, tuple[ToolCall, ...]]:
+    """(the text without the call blocks or None, the tool calls) from a model's answer."""
+    if not text or not tools or tool_choice == "none":
+        return text, ()
+    forced = _match_tool(tool_choice, tools) if tool_choice not in (None, "auto", "required") else None
+    calls: list[ToolCall] = []
+    spans: list[tuple[int, int]] = []
+    for pattern in (_FENCED, _TAGGED):
+        for match in pattern.finditer(text):
+            if any(start <= match.start() < end for start, end in spans):
+                continue
+            label, body = match.group(1).lower(), match.group(2)
+            found: list[ToolCall] = []
+            for start, end in _balanced_objects(body) or [(0, len(body))]:
+                try:
+                    found += _calls_in(_loads_tolerant(body[start:end]), tools, forced)
+                except ValueError:
+                    continue
+            if found or label in (FENCE_LABEL, "tool_call", "function_call", "tool"):
+                calls += found
+                spans.append(match.span())
+    if not calls:
+        # No block: a bare JSON object naming a tool (or the forced tool's arguments alone).
+        for start, end in _balanced_objects(text):
+            try:
+                found = _calls_in(_loads_tolerant(text[start:end]), tools, forced)
+            except ValueError:
+                continue
+            if found:
+                calls += found
+                spans.append((start, end))
+    if not calls:
+        return text, ()
+    remaining = text
+    for start, end in sorted(spans, reverse=True):
+        remaining = remaining[:start] + remaining[end:]
+    remaining = remaining.strip()
+    return (remaining or None), tuple(calls)
+
+
+# -- calling through emulation ----------------------------------------------------------------------
+
+
+def _read_back(response: ChatResponse, request: ChatRequest) -> ChatResponse:
+    content, calls = parse_tool_calls(
+        response.message.content, request.tools, tool_choice=request.tool_choice
+    )
+    if not calls:
+        return response
+    return replace(
+        response,
+        message=Message(role="assistant", content=content, tool_calls=calls),
+        finish_reason="tool_calls",
+    )
+
+
+async def chat_with_emulated_tools(provider: Provider, request: ChatRequest) -> ChatResponse:
+    response = await provider.chat(emulate_request(request))
+    return _read_back(response, request) if request.tools else response
+
+
+async def stream_with_emulated_tools(provider: Provider, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+    """Text streams as it comes until something that may be a call starts (a fence, a tag
+    or a brace); from there it is held back and read as tool calls at the end."""
+    held = ""
+    holding = False
+    async for chunk in provider.stream(emulate_request(request)):
+        if chunk.finish_reason is None:
+            if not request.tools:
+                yield chunk
+                continue
+            if holding:
+                held += chunk.text
+                continue
+            position = min(
+                (i for i in (chunk.text.find(c) for c in ("`", "<", "{", "[")) if i >= 0), default=-1
+            )
+            if position < 0:
+                if chunk.text:
+                    yield chunk
+                continue
+            if position:
+                yield replace(chunk, text=chunk.text[:position])
+            held, holding = chunk.text[position:], True
+            continue
+        held += chunk.text
+        content, calls = parse_tool_calls(held, request.tools, tool_choice=request.tool_choice)
+        if calls:
+            if content:
+                yield StreamChunk(text=content, model=chunk.model)
+            yield replace(chunk, text="", tool_calls=calls, finish_reason="tool_calls")
+        else:
+            yield replace(chunk, text=held)
+        return
