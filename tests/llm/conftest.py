@@ -5,12 +5,26 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.fakes.anthropic_server import FakeAnthropic, anthropic_server
+from tests.fakes.gemini_server import FakeGemini, gemini_server
 from tests.fakes.openai_server import FakeOpenAI, openai_server
 
 
 @pytest.fixture
 def openai_fake() -> Iterator[FakeOpenAI]:
     with openai_server() as fake:
+        yield fake
+
+
+@pytest.fixture
+def anthropic_fake() -> Iterator[FakeAnthropic]:
+    with anthropic_server() as fake:
+        yield fake
+
+
+@pytest.fixture
+def gemini_fake() -> Iterator[FakeGemini]:
+    with gemini_server() as fake:
         yield fake
 
 
