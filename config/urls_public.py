@@ -24,5 +24,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(urlconf="config.urls_tenant"), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"^api/v1/", unauthenticated_api),
+    path("v1/", include("apps.llm.urls_openai")),
     path("", include("django_prometheus.urls")),
 ]

@@ -11,6 +11,7 @@ urlpatterns = [
     path("logout/", logout_view, name="tenant-logout"),
     path("auth/handoff/", handoff, name="handoff"),
     path("api/v1/", include("config.urls_api")),
+    path("v1/", include("apps.llm.urls_openai")),
     path("", include("apps.tenancy.urls_pages")),
     path("", include("apps.tenancy.urls_sso_pages")),
     path("", include("apps.workspaces.urls_pages")),
