@@ -77,11 +77,13 @@ def error_for_status(
     message: str,
     *,
     provider: str,
+    label: str = "",
     headers: Mapping[str, str] | None = None,
     code: str | None = None,
 ) -> ProviderError:
-    """The provider error for an HTTP status and the provider's own message."""
-    text = f"{provider} answered {status}: {message}".strip()
+    """The provider error for an HTTP status and the provider's own message (`label`
+    names the server in the message when it is not the provider kind)."""
+    text = f"{label or provider} answered {status}: {message}".strip()
     if status == 429:
         return RateLimited(text, retry_after=parse_retry_after(headers), provider=provider)
     if status in (401, 403):

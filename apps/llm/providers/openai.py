@@ -47,26 +47,32 @@ FINISH_REASONS: dict[str, FinishReason] = {
 SHAPE_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
 
 
-def map_openai_error(exc: BaseException, provider: str) -> ProviderError:
-    """An `openai` SDK (or its HTTP client's) failure as our provider error."""
+def map_openai_error(exc: BaseException, provider: str, label: str = "") -> ProviderError:
+    """An `openai` SDK (or its HTTP client's) failure as our provider error; `label` names
+    the server in the message (e.g. "vllm server"), `provider` is the provider kind."""
+    name = label or provider
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
-        return ProviderTimeout(f"{provider} did not answer in time", provider=provider)
+        return ProviderTimeout(f"{name} did not answer in time", provider=provider)
     if isinstance(exc, openai.APIStatusError):
         body = exc.body
-        code = exc.code
         message = exc.message
         if isinstance(body, dict):
             message = str(body.get("message") or message)
         return error_for_status(
-            exc.status_code, message, provider=provider, headers=exc.response.headers, code=code
+            exc.status_code,
+            message,
+            provider=provider,
+            label=name,
+            headers=exc.response.headers,
+            code=exc.code,
         )
     if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
-        return ProviderUnavailable(f"{provider} could not be reached: {exc}", provider=provider)
+        return ProviderUnavailable(f"{name} could not be reached: {exc}", provider=provider)
     if isinstance(exc, (openai.APIResponseValidationError, *SHAPE_ERRORS)):
-        return MalformedResponse(f"{provider} sent an answer that cannot be read: {exc}", provider=provider)
-    return ProviderError(f"{provider}: {exc}", provider=provider)
+        return MalformedResponse(f"{name} sent an answer that cannot be read: {exc}", provider=provider)
+    return ProviderError(f"{name}: {exc}", provider=provider)
 
 
 def openai_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
@@ -202,7 +208,7 @@ class OpenAIProvider(Provider):
             completion = await self.client.chat.completions.create(**self.request_body(request))
             return self._response(request, completion)
         except Exception as exc:
-            raise map_openai_error(exc, self.label) from exc
+            raise map_openai_error(exc, self.kind, self.label) from exc
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         body = self.request_body(request)
@@ -232,7 +238,7 @@ class OpenAIProvider(Provider):
                         if choice.finish_reason:
                             finish = FINISH_REASONS.get(str(choice.finish_reason), "stop")
         except Exception as exc:
-            raise map_openai_error(exc, self.label) from exc
+            raise map_openai_error(exc, self.kind, self.label) from exc
         if finish is None:
             raise MalformedResponse(f"{self.label}'s stream ended before the answer did", provider=self.kind)
         tool_calls = tuple(
@@ -261,7 +267,7 @@ class OpenAIProvider(Provider):
                 )
             tokens = int(response.usage.prompt_tokens or 0) if response.usage else 0
         except Exception as exc:
-            raise map_openai_error(exc, self.label) from exc
+            raise map_openai_error(exc, self.kind, self.label) from exc
         return EmbeddingResponse(model=model, vectors=vectors, usage=Usage(tokens, 0, 0), provider=self.kind)
 
     def count_tokens(self, model: str, messages: tuple[Message, ...]) -> int:
