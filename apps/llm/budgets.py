@@ -60,8 +60,8 @@ def budgets_check_sync(
         )
         if spent + estimate_usd > budget.limit_usd or spent >= budget.limit_usd:
             raise BudgetExceeded(
-                f"The call would go over {_describe(budget)}: {budget.limit_usd:.2f} USD,"
-                f" {spent:.4f} USD spent, this call at least {estimate_usd:.6f} USD."
+                f"The call would go over {_describe(budget)}: {budget.limit_usd:g} USD,"
+                f" {spent:.6g} USD spent, this call at least {estimate_usd:.6g} USD."
             )
 
 

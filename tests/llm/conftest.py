@@ -8,6 +8,7 @@ import pytest
 from tests.fakes.anthropic_server import FakeAnthropic, anthropic_server
 from tests.fakes.gemini_server import FakeGemini, gemini_server
 from tests.fakes.openai_server import FakeOpenAI, openai_server
+from tests.llm.gateway_helpers import openai_platform  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
