@@ -31,6 +31,7 @@ import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -75,6 +76,11 @@ T = TypeVar("T")
 ProviderKey = tuple[str, str, str, float]
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_EMBEDDING_INPUTS = 2048
+
+
+@asynccontextmanager
+async def _no_slot() -> AsyncIterator[None]:
+    yield
 
 
 class _ModelFailed(Exception):
@@ -247,8 +253,11 @@ class Gateway:
         context: CallContext,
         attempts: list[dict[str, Any]],
         call: Callable[[Provider], Awaitable[T]],
+        *,
+        queued: bool = True,
     ) -> tuple[T, float]:
-        """The result and its latency in ms, after retries; _ModelFailed when this model cannot serve."""
+        """The result and its latency in ms, after retries; _ModelFailed when this model cannot serve.
+        queued=False: the caller holds the provider's queue slot already (streams hold it throughout)."""
         provider_config = self._provider_config(model, config)
         endpoint = self._endpoint(provider_config)
         breaker = self.breakers.get(endpoint)
@@ -264,7 +273,7 @@ class Gateway:
         while True:
             started = time.perf_counter()
             try:
-                async with queue.slot(context.organization_id, context.priority):
+                async with queue.slot(context.organization_id, context.priority) if queued else _no_slot():
                     started = time.perf_counter()
                     result = await with_timeout(call(provider), self._timeout(), provider=model.provider)
             except ProviderError as error:
@@ -492,18 +501,24 @@ class Gateway:
                 except StopAsyncIteration:
                     return None
 
-            try:
-                first, _ = await self._try_model(model, config, context, attempts, first_chunk)
-            except _ModelFailed as failed:
-                last_error = failed.error or last_error
-                continue
-            except ProviderFailed:
-                self.meter.record(context=context, model=model.name, provider=model.provider, failed=True)
-                raise
-            relay = self._relay(first, opened["iterator"], model, config, plan, context, key, started)
-            async for chunk in relay:
-                yield chunk
-            return
+            endpoint = self._endpoint(self._provider_config(model, config))
+            async with self.queues.get(endpoint, provider_kind=model.provider).slot(
+                context.organization_id, context.priority
+            ):
+                try:
+                    first, _ = await self._try_model(
+                        model, config, context, attempts, first_chunk, queued=False
+                    )
+                except _ModelFailed as failed:
+                    last_error = failed.error or last_error
+                    continue
+                except ProviderFailed:
+                    self.meter.record(context=context, model=model.name, provider=model.provider, failed=True)
+                    raise
+                relay = self._relay(first, opened["iterator"], model, config, plan, context, key, started)
+                async for chunk in relay:
+                    yield chunk
+                return
         self.meter.record(
             context=context, model=primary.model.name, provider=primary.model.provider, failed=True
         )
@@ -521,6 +536,27 @@ class Gateway:
         started: float,
     ) -> AsyncIterator[StreamChunk]:
         """Pass the stream on (after its first chunk no fallback: errors end it), then meter and cache it."""
+        try:
+            async for chunk in self._relay_chunks(
+                first, iterator, model, config, plan, context, key, started
+            ):
+                yield chunk
+        finally:
+            close = getattr(iterator, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def _relay_chunks(
+        self,
+        first: StreamChunk | None,
+        iterator: AsyncIterator[StreamChunk],
+        model: ModelInfo,
+        config: OrganizationConfig,
+        plan: RoutePlan,
+        context: CallContext,
+        key: str | None,
+        started: float,
+    ) -> AsyncIterator[StreamChunk]:
         text: list[str] = []
         calls: list[ToolCall] = []
         finish: StreamChunk | None = None

@@ -116,3 +116,31 @@ def test_a_caller_that_gives_up_leaves_the_queue():
     waiting, running = async_to_sync(scenario)()
     assert waiting == 0
     assert running == 0
+
+
+def test_a_stream_holds_its_slot_until_it_ends(world, openai_platform, settings):
+    settings.LLM_QUEUE_PROVIDER_CONCURRENCY = 1
+    openai_platform.script(Reply(text="a slow streamed answer", chunk_delay=0.05), Reply(text="quick"))
+
+    async def scenario() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+
+        async def read_stream() -> float:
+            context = CallContext(organization_id=world.alpha.pk, cache=False)
+            async for _ in gateway().stream(ask("gpt-4o-mini", "stream"), context=context):
+                pass
+            return loop.time()
+
+        async def quick_chat() -> float:
+            await asyncio.sleep(0.1)  # the stream is under way
+            await gateway().chat(
+                ask("gpt-4o-mini", "chat"), context=CallContext(organization_id=world.beta.pk)
+            )
+            return loop.time()
+
+        stream_ended, chat_ended = await asyncio.gather(read_stream(), quick_chat())
+        return stream_ended, chat_ended
+
+    stream_ended, chat_ended = async_to_sync(scenario)()
+    assert chat_ended >= stream_ended
+    assert sent_messages(openai_platform) == ["stream", "chat"]
