@@ -15,4 +15,5 @@ urlpatterns = [
     path("", include("apps.tenancy.urls_pages")),
     path("", include("apps.tenancy.urls_sso_pages")),
     path("", include("apps.workspaces.urls_pages")),
+    path("", include("apps.prompts.urls_pages")),
 ]
