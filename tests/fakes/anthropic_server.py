@@ -94,6 +94,13 @@ class FakeAnthropic(FakeLLMServer):
         }
         exchange.send_json(reply.status, body, {"request-id": f"req_{secrets.token_hex(8)}", **reply.headers})
 
+    def send_stream_error(self, exchange: Exchange, reply: Reply) -> None:
+        error = {
+            "type": reply.error_type or ERROR_TYPES.get(reply.stream_error_status, "api_error"),
+            "message": reply.error_message or "Overloaded",
+        }
+        exchange.event({"type": "error", "error": error}, event="error")
+
     def route(self, exchange: Exchange, request: RecordedRequest) -> None:
         if request.method == "POST" and request.path == "/v1/messages":
             self._messages(exchange, request)

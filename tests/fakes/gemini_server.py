@@ -102,6 +102,15 @@ class FakeGemini(FakeLLMServer):
         }
         exchange.send_json(status, body, reply.headers)
 
+    def send_stream_error(self, exchange: Exchange, reply: Reply) -> None:
+        status = reply.stream_error_status
+        error = {
+            "code": status,
+            "message": reply.error_message or "An internal error has occurred.",
+            "status": reply.error_type or STATUS_WORDS.get(status, "INTERNAL"),
+        }
+        exchange.event({"error": error})
+
     def route(self, exchange: Exchange, request: RecordedRequest) -> None:
         if request.method == "GET" and re.fullmatch(r"/v1\w*/models", request.path):
             data = [

@@ -52,6 +52,9 @@ class Reply:
     raw_body: bytes | None = None  # sent as is (a malformed body); streaming: as one event's data
     drop: bool = False  # close the connection without answering
     cut_after_events: int | None = None  # streaming: close the connection after this many events
+    # streaming: after this many events, the API's own error event (type from stream_error_status)
+    stream_error_after: int | None = None
+    stream_error_status: int = 500
     chunk_size: int = 4  # streaming: characters per text/argument delta
 
     @classmethod
@@ -135,6 +138,7 @@ class Exchange:
         self.server = server
         self.reply = reply
         self.events_sent = 0
+        self.failing = False
 
     def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -163,6 +167,16 @@ class Exchange:
             and reply.cut_after_events is not None
             and self.events_sent >= reply.cut_after_events
         ):
+            raise Abort
+        if (
+            reply is not None
+            and reply.stream_error_after is not None
+            and self.events_sent >= reply.stream_error_after
+            and not self.failing
+        ):
+            self.failing = True
+            self.server.send_stream_error(self, reply)
+            self.end_stream()
             raise Abort
         if self.events_sent and reply is not None and reply.chunk_delay:
             self.server.sleep(reply.chunk_delay)
@@ -231,6 +245,10 @@ class FakeLLMServer:
         return True
 
     def send_error(self, exchange: Exchange, reply: Reply) -> None:
+        raise NotImplementedError
+
+    def send_stream_error(self, exchange: Exchange, reply: Reply) -> None:
+        """The API's error event in a stream that had begun (status 200 already sent)."""
         raise NotImplementedError
 
     # -- the machinery ------------------------------------------------------------------------------

@@ -91,6 +91,16 @@ class FakeOpenAI(FakeLLMServer):
         }
         exchange.send_json(reply.status, body, reply.headers)
 
+    def send_stream_error(self, exchange: Exchange, reply: Reply) -> None:
+        status = reply.stream_error_status
+        error = {
+            "message": reply.error_message or "The server had an error while processing your request.",
+            "type": reply.error_type or ERROR_TYPES.get(status, "server_error"),
+            "param": None,
+            "code": reply.error_code or ERROR_CODES.get(status),
+        }
+        exchange.event({"error": error})
+
     def route(self, exchange: Exchange, request: RecordedRequest) -> None:
         path = request.path.removeprefix("/v1")
         if request.method == "POST" and path == "/chat/completions":

@@ -246,3 +246,22 @@ def test_no_embeddings_and_a_token_estimate() -> None:
     assert provider.count_tokens("claude-3-5-haiku", text) > make_provider(
         ProviderConfig(kind="openai", api_key="k")
     ).count_tokens("gpt-4o-mini", text)
+
+
+def test_error_event_in_the_middle_of_a_stream(anthropic_fake: FakeAnthropic) -> None:
+    anthropic_fake.script(
+        Reply(text="Partial answer", chunk_size=4, stream_error_after=4, stream_error_status=529),
+        Reply(text="x", stream_error_after=1, stream_error_status=429, error_message="rate limited"),
+    )
+    received: list[str] = []
+
+    async def work(provider: Provider) -> None:
+        async for chunk in provider.stream(ask("hi")):
+            received.append(chunk.text)
+
+    with pytest.raises(ProviderUnavailable) as caught:
+        call(anthropic_fake, work)
+    assert "Overloaded" in caught.value.message
+    assert "".join(received) == "Part"
+    with pytest.raises(RateLimited):
+        call(anthropic_fake, lambda provider: collect(provider, ask("hi")))

@@ -216,3 +216,18 @@ def test_embeddings(gemini_fake: FakeGemini) -> None:
     assert response.vectors[0] != response.vectors[2]
     assert response.usage.input_tokens > 0
     assert gemini_fake.requests[0].path.endswith(":batchEmbedContents")
+
+
+def test_error_event_in_the_middle_of_a_stream(gemini_fake: FakeGemini) -> None:
+    gemini_fake.script(
+        Reply(text="Partial answer", chunk_size=4, stream_error_after=2, stream_error_status=503)
+    )
+    received: list[str] = []
+
+    async def work(provider: Provider) -> None:
+        async for chunk in provider.stream(ask("hi")):
+            received.append(chunk.text)
+
+    with pytest.raises(ProviderUnavailable):
+        call(gemini_fake, work)
+    assert "".join(received) == "Partial "

@@ -384,3 +384,27 @@ def test_tool_call_type_is_the_same_for_every_path(openai_fake: FakeOpenAI) -> N
     response = call(openai_fake, lambda provider: provider.chat(ask("Oslo?", tools=(WEATHER,))))
     assert isinstance(response.message.tool_calls[0], ToolCall)
     assert response.message.tool_calls[0].arguments == '{"city": "Oslo"}'
+
+
+def test_error_event_in_the_middle_of_a_stream(openai_fake: FakeOpenAI) -> None:
+    openai_fake.script(
+        Reply(text="Half an answer and then", chunk_size=4, stream_error_after=3, error_message="overloaded"),
+        Reply(
+            text="x",
+            stream_error_after=0,
+            stream_error_status=400,
+            error_message="This model's maximum context length is 4096 tokens.",
+        ),
+    )
+    received: list[str] = []
+
+    async def work(provider: Provider) -> None:
+        async for chunk in provider.stream(ask("hi")):
+            received.append(chunk.text)
+
+    with pytest.raises(ProviderUnavailable) as caught:
+        call(openai_fake, work)
+    assert "overloaded" in caught.value.message
+    assert "".join(received) == "Half an "
+    with pytest.raises(ContextWindowExceeded):
+        call(openai_fake, lambda provider: collect(provider, ask("hi")))

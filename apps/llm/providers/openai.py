@@ -15,6 +15,8 @@ import openai
 from openai import AsyncOpenAI
 
 from apps.llm.providers.base import (
+    ContextWindowExceeded,
+    InvalidProviderRequest,
     MalformedResponse,
     Provider,
     ProviderConfig,
@@ -22,7 +24,7 @@ from apps.llm.providers.base import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from apps.llm.providers.http_errors import error_for_status
+from apps.llm.providers.http_errors import error_for_status, is_context_error
 from apps.llm.providers.registry import register_provider
 from apps.llm.tokens import estimate_message_tokens, family_of
 from apps.llm.types import (
@@ -72,6 +74,14 @@ def map_openai_error(exc: BaseException, provider: str, label: str = "") -> Prov
         return ProviderUnavailable(f"{name} could not be reached: {exc}", provider=provider)
     if isinstance(exc, (openai.APIResponseValidationError, *SHAPE_ERRORS)):
         return MalformedResponse(f"{name} sent an answer that cannot be read: {exc}", provider=provider)
+    if isinstance(exc, openai.APIError):  # an error event inside a stream that began with 200
+        if is_context_error(exc.message, exc.code):
+            return ContextWindowExceeded(f"{name}: {exc.message}", provider=provider)
+        if exc.type == "invalid_request_error":
+            return InvalidProviderRequest(f"{name}: {exc.message}", provider=provider)
+        return ProviderUnavailable(
+            f"{name} failed in the middle of the answer: {exc.message}", provider=provider
+        )
     return ProviderError(f"{name}: {exc}", provider=provider)
 
 
