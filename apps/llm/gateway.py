@@ -292,6 +292,9 @@ class Gateway:
                 if not breaker.allow():
                     raise _ModelFailed(error) from error
                 continue
+            except asyncio.CancelledError:
+                breaker.abandon()
+                raise
             except Exception as exc:  # an SDK surprise the provider did not map: a clear 502, logged
                 logger.exception("Provider %s raised an unmapped error", model.provider)
                 unmapped = ProviderError(
@@ -675,6 +678,16 @@ class Gateway:
             "max_output_tokens": max_out,
             "usd_low": model.cost(plan.prompt_tokens, 0),
             "usd_high": model.cost(plan.prompt_tokens, max_out),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """This process's view of the providers: circuit states per endpoint and the
+        moving averages per model (for operators; nothing here is per organization)."""
+        return {
+            "circuits": self.breakers.states(),
+            "models": self.router.stats.snapshot(),
+            "l1_entries": len(self.cache.l1),
+            "semantic_cache": "on" if self.cache.embedder is not None else "off",
         }
 
     async def models(self, *, organization_id: int) -> list[dict[str, Any]]:

@@ -128,6 +128,11 @@ class CircuitBreaker:
                 self._opened_at = time.monotonic()
                 self._trial_in_flight = False
 
+    def abandon(self) -> None:
+        """The call it allowed never finished (cancelled): a half-open trial may go again."""
+        with self._lock:
+            self._trial_in_flight = False
+
     def retry_in(self) -> float:
         """Seconds until an open breaker lets a trial through (0 when not open)."""
         with self._lock:

@@ -1,9 +1,11 @@
 """Retries, fallback, timeouts and circuit breakers, through the real openai SDK against
 the loopback fake."""
 
+import asyncio
 import time
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from apps.llm import services
 from apps.llm.errors import ContextTooLong, ProviderFailed
@@ -136,7 +138,9 @@ def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_trial
     time.sleep(0.6)
     response = chat(ask("gpt-4o-mini", "back?"), context)
     assert response.message.content == "Echo: back?"
-    assert gateway().breakers.states() == {f"openai:{openai_platform.base_url}": "closed"}
+    status = gateway().status()
+    assert status["circuits"] == {f"openai:{openai_platform.base_url}": "closed"}
+    assert status["models"]["gpt-4o-mini"]["latency_ms"] is not None
     chat(ask("gpt-4o-mini", "and again"), context)
     assert len(openai_platform.chat_requests) == 4
 
@@ -231,3 +235,22 @@ def test_a_stream_that_breaks_after_its_first_chunk_ends_with_an_error_not_a_fal
     assert isinstance(error, ProviderFailed)
     assert "broke after it started" in error.message
     assert len(openai_platform.chat_requests) == 1  # no second model started mid-answer
+
+
+def test_a_half_open_trial_whose_caller_gives_up_lets_the_next_call_try(world, openai_platform, settings):
+    settings.LLM_RETRY_ATTEMPTS = 0
+    settings.LLM_BREAKER_FAILURES = 1
+    settings.LLM_BREAKER_COOLDOWN_SECONDS = 0.3
+    no_fallbacks(world)
+    context = CallContext(organization_id=world.alpha.pk, cache=False)
+    openai_platform.script(Reply.error(500, "down"), Reply.slow(2, text="too slow"), Reply(text="back"))
+    with pytest.raises(ProviderFailed):
+        chat(ask("gpt-4o-mini"), context)
+    time.sleep(0.4)
+
+    async def give_up() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(gateway().chat(ask("gpt-4o-mini"), context=context), timeout=0.2)
+
+    async_to_sync(give_up)()
+    assert chat(ask("gpt-4o-mini"), context).message.content == "back"
