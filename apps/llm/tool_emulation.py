@@ -290,31 +290,110 @@ async def chat_with_emulated_tools(provider: Provider, request: ChatRequest) -> 
     return _read_back(response, request) if request.tools else response
 
 
+_CALL_START = re.compile(
+    r"""^[\[{]\s*(\{\s*)?["']?(name|tool|tool_name|function|function_name|tool_calls)["']?\s*:"""
+)
+_CALL_TAGS = ("<tool_call>", "<function_call>", "<tool>")
+_CALL_FENCE_LABELS = frozenset({"", FENCE_LABEL, "tool", "json", "function_call"})
+
+
+def _may_be_call(held: str, forced: bool) -> bool | None:
+    """Whether held text (starting at a fence, tag or bracket) may be a tool call:
+    True (hold it to the end), False (show it), None (too early to say)."""
+    if held.startswith("`"):
+        if len(held) < 3:
+            return None if held in ("`", "``") else False
+        if not held.startswith("```"):
+            return False  # inline code
+        newline = held.find("\n")
+        if newline < 0:
+            return None if len(held) < 40 else False
+        return held[3:newline].strip().lower() in _CALL_FENCE_LABELS
+    if held.startswith("<"):
+        lowered = held.lower()
+        if any(lowered.startswith(tag) for tag in _CALL_TAGS):
+            return True
+        return None if any(tag.startswith(lowered) for tag in _CALL_TAGS) else False
+    if forced or _CALL_START.match(held):
+        return True
+    rest = held[1:].lstrip()
+    if held.startswith("["):  # a list of calls: [{"name": ...
+        if not rest:
+            return None
+        if rest[0] != "{":
+            return False
+        rest = rest[1:].lstrip()
+    if not rest:
+        return None
+    if rest[0] not in "\"'":  # not a JSON key: {city}, [1, 2]
+        return False
+    return None if len(held.strip()) < 24 and ":" not in held else False
+
+
+class _CallSpotter:
+    """Splits streamed text into what can be shown now and what may be a tool call."""
+
+    def __init__(self, forced: bool) -> None:
+        self.forced = forced
+        self.held = ""
+        self.in_code = False  # inside a fenced block that is not a call (e.g. ```python)
+        self.call_started = False
+
+    def feed(self, text: str) -> str:
+        self.held += text
+        shown: list[str] = []
+        while self.held and not self.call_started:
+            if self.in_code:
+                end = self.held.find("```")
+                if end < 0:  # keep two characters back: a fence may be split across pieces
+                    cut = max(len(self.held) - 2, 0)
+                    shown.append(self.held[:cut])
+                    self.held = self.held[cut:]
+                    break
+                shown.append(self.held[: end + 3])
+                self.held = self.held[end + 3 :]
+                self.in_code = False
+                continue
+            start = min((i for i in (self.held.find(c) for c in "`<{[") if i >= 0), default=-1)
+            if start < 0:
+                shown.append(self.held)
+                self.held = ""
+                break
+            shown.append(self.held[:start])
+            self.held = self.held[start:]
+            verdict = _may_be_call(self.held, self.forced)
+            if verdict is None:
+                break
+            if verdict:
+                self.call_started = True
+                break
+            if self.held.startswith("```"):
+                shown.append("```")
+                self.held = self.held[3:]
+                self.in_code = True
+            else:
+                shown.append(self.held[0])
+                self.held = self.held[1:]
+        return "".join(shown)
+
+
 async def stream_with_emulated_tools(provider: Provider, request: ChatRequest) -> AsyncIterator[StreamChunk]:
-    """Text streams as it comes until something that may be a call starts (a fence, a tag
-    or a brace); from there it is held back and read as tool calls at the end."""
-    held = ""
-    holding = False
+    """Text streams as it comes; from where a tool call may start (a ```tool_call or
+    ```json fence, a <tool_call> tag, a JSON object that names a tool) it is held back
+    and read as tool calls at the end. Other code blocks and braces stream through."""
+    if not request.tools or request.tool_choice == "none":
+        async for chunk in provider.stream(emulate_request(request)):
+            yield chunk
+        return
+    forced = request.tool_choice not in (None, "auto", "required")
+    spotter = _CallSpotter(forced)
     async for chunk in provider.stream(emulate_request(request)):
         if chunk.finish_reason is None:
-            if not request.tools:
-                yield chunk
-                continue
-            if holding:
-                held += chunk.text
-                continue
-            position = min(
-                (i for i in (chunk.text.find(c) for c in ("`", "<", "{", "[")) if i >= 0), default=-1
-            )
-            if position < 0:
-                if chunk.text:
-                    yield chunk
-                continue
-            if position:
-                yield replace(chunk, text=chunk.text[:position])
-            held, holding = chunk.text[position:], True
+            shown = spotter.feed(chunk.text)
+            if shown:
+                yield replace(chunk, text=shown)
             continue
-        held += chunk.text
+        held = spotter.held + chunk.text
         content, calls = parse_tool_calls(held, request.tools, tool_choice=request.tool_choice)
         if calls:
             if content:

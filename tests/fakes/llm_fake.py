@@ -203,6 +203,7 @@ class FakeLLMServer:
         self.requests: list[RecordedRequest] = []
         self.default: Reply | None = None
         self.api_key: str | None = None  # set: requests with another key get the API's 401
+        self.record = True  # False: keep no requests (a benchmark's 100,000 calls)
         self._queues: dict[str, deque[Reply]] = {endpoint: deque() for endpoint in self.endpoints}
         self._closing = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -256,7 +257,8 @@ class FakeLLMServer:
     def next_reply(self, request: RecordedRequest) -> Reply | None:
         endpoint = self.endpoint_of(request)
         with self.lock:
-            self.requests.append(request)
+            if self.record:
+                self.requests.append(request)
             if endpoint is None:
                 return None
             queue = self._queues[endpoint]

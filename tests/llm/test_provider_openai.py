@@ -408,3 +408,42 @@ def test_error_event_in_the_middle_of_a_stream(openai_fake: FakeOpenAI) -> None:
     assert "".join(received) == "Half an "
     with pytest.raises(ContextWindowExceeded):
         call(openai_fake, lambda provider: collect(provider, ask("hi")))
+
+
+def test_refusal_reads_as_a_content_filter(openai_fake: FakeOpenAI) -> None:
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11},
+    }
+    openai_fake.script(Reply(raw_body=json.dumps(body).encode()))
+    response = call(openai_fake, lambda provider: provider.chat(ask("something bad")))
+    assert response.finish_reason == "content_filter"
+    assert response.message.content == "I can't help with that."
+
+
+def test_overloaded_server_may_say_when_to_come_back(openai_fake: FakeOpenAI) -> None:
+    openai_fake.script(Reply.error(503, "Service Unavailable", retry_after=5))
+    with pytest.raises(ProviderUnavailable) as caught:
+        call(openai_fake, lambda provider: provider.chat(ask("hi")))
+    assert caught.value.retry_after == 5
+
+
+def test_the_fake_serves_the_model_list_to_the_sdk(openai_fake: FakeOpenAI) -> None:
+    async def names(provider: Provider) -> list[str]:
+        assert isinstance(provider, OpenAIProvider)
+        return [model.id async for model in provider.client.models.list()]
+
+    assert call(openai_fake, names) == ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+    openai_fake.record = False
+    call(openai_fake, lambda provider: provider.chat(ask("not recorded")))
+    assert len(openai_fake.requests) == 1

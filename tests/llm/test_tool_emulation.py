@@ -2,13 +2,18 @@
 parser that reads what models actually write back into the ToolCall type native
 tool calling gives (apps/llm/tool_emulation.py)."""
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
 
+from apps.llm.providers.base import ProviderConfig
+from apps.llm.providers.registry import make_provider
 from apps.llm.tool_emulation import emulate_request, parse_tool_calls, tools_prompt
-from apps.llm.types import ChatRequest, Message, Tool, ToolCall
+from apps.llm.types import ChatRequest, Message, StreamChunk, Tool, ToolCall
+from tests.fakes.llm_fake import Reply
+from tests.fakes.openai_server import FakeOpenAI
 
 WEATHER = Tool(
     name="get_weather",
@@ -172,3 +177,70 @@ def test_emulated_request_has_no_tools_and_a_text_only_history():
 def test_request_without_tools_is_unchanged():
     request = ChatRequest(model="m", messages=(Message(role="user", content="hi"),))
     assert emulate_request(request) is request
+
+
+# -- streaming through emulation, against a real server protocol (the OpenAI fake) ---------------
+
+
+def stream_emulated(fake: FakeOpenAI, text: str, **request: Any) -> list[StreamChunk]:
+    fake.script(Reply(text=text, chunk_size=3))
+
+    async def main() -> list[StreamChunk]:
+        provider = make_provider(
+            ProviderConfig(kind="openai_compatible", base_url=fake.base_url, options={"tools": "emulated"})
+        )
+        try:
+            chat = ChatRequest(
+                model="m", messages=(Message(role="user", content="go"),), tools=TOOLS, **request
+            )
+            return [chunk async for chunk in provider.stream(chat)]
+        finally:
+            await provider.close()
+
+    return asyncio.run(main())
+
+
+def shown_before_the_end(chunks: list[StreamChunk]) -> str:
+    assert chunks[-1].finish_reason is not None
+    assert all(chunk.finish_reason is None for chunk in chunks[:-1])
+    return "".join(chunk.text for chunk in chunks[:-1])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Use this:\n```python\ndef f(x):\n    return {x: [x]}\n```\nThat is all.",
+        "Call `get_weather` with {city} in braces, or <b>bold</b> [links].",
+        'As JSON: {"city": "Paris", "temperature": 21} and more words after it.',
+    ],
+)
+def test_code_braces_and_json_answers_stream_through(openai_fake: FakeOpenAI, text: str) -> None:
+    chunks = stream_emulated(openai_fake, text)
+    assert shown_before_the_end(chunks) + chunks[-1].text == text
+    assert len(shown_before_the_end(chunks)) >= len(text) - 2  # not held back to the end
+    assert chunks[-1].tool_calls == ()
+    assert chunks[-1].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Let me check. ```tool_call\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
+        'Let me check. <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',
+        'Let me check. {"name": "get_weather", "arguments": {"city": "Paris"}}',
+    ],
+)
+def test_calls_are_held_back_and_read(openai_fake: FakeOpenAI, text: str) -> None:
+    chunks = stream_emulated(openai_fake, text)
+    assert shown_before_the_end(chunks).strip() == "Let me check."
+    assert chunks[-1].finish_reason == "tool_calls"
+    assert [call.parsed_arguments() for call in chunks[-1].tool_calls] == [{"city": "Paris"}]
+    assert chunks[-1].usage is not None
+
+
+def test_forced_tool_written_as_bare_arguments_while_streaming(openai_fake: FakeOpenAI) -> None:
+    chunks = stream_emulated(openai_fake, '{"city": "Rome"}', tool_choice="get_weather")
+    assert shown_before_the_end(chunks) == ""
+    assert [(call.name, call.parsed_arguments()) for call in chunks[-1].tool_calls] == [
+        ("get_weather", {"city": "Rome"})
+    ]

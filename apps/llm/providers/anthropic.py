@@ -230,7 +230,7 @@ class AnthropicProvider(Provider):
                         delta = event.delta
                         if delta.type == "text_delta" and delta.text:
                             yield StreamChunk(text=delta.text, model=request.model)
-                        elif delta.type == "input_json_delta":
+                        elif delta.type == "input_json_delta" and event.index in blocks:
                             blocks[event.index]["json"] += delta.partial_json
                     elif kind == "message_delta":
                         finish = STOP_REASONS.get(str(event.delta.stop_reason), "stop")

@@ -190,9 +190,13 @@ class OpenAIProvider(Provider):
         finish: FinishReason = FINISH_REASONS.get(str(choice.finish_reason), "stop")
         if calls and finish == "stop":
             finish = "tool_calls"  # some servers say "stop" after a tool call
+        content = message.content
+        refusal = getattr(message, "refusal", None)
+        if content is None and refusal:  # the model declined: say so, as a content filter would
+            content, finish = refusal, "content_filter"
         return ChatResponse(
             model=request.model,
-            message=Message(role="assistant", content=message.content, tool_calls=calls),
+            message=Message(role="assistant", content=content, tool_calls=calls),
             finish_reason=finish,
             usage=usage,
             provider=self.kind,
