@@ -363,6 +363,8 @@ class PromptRender(APIView):
         values = data.validated_data["variables"]
         body = data.validated_data["body"]
         if body is not None:
+            if data.validated_data["version"] is not None:
+                raise Invalid("Give a draft body or a version to render, not both.", field="version")
             raw = data.validated_data["declarations"]
             declarations = declared_variables.normalize(raw) if raw is not None else template.variables
             check_body(body, declarations, template=f"{template.name} (draft)")

@@ -135,6 +135,14 @@ def test_a_sandbox_escape_in_a_draft_preview_is_a_400(alpha_api: Client, world: 
         alpha_api, f"/prompts/{template.pk}/render", {"body": "Yo {{ who }}", "variables": {"who": "x"}}
     )
     assert draft.json() == {"text": "Yo x", "name": "greeting", "version": None, "source": "draft"}
+    both = _post(alpha_api, f"/prompts/{template.pk}/render", {"body": "Yo", "version": 1})
+    assert (both.status_code, error_of(both)["fields"]) == (400, {"version": [error_of(both)["message"]]})
+    declared_draft = _post(
+        alpha_api,
+        f"/prompts/{template.pk}/render",
+        {"body": "{{ n + 1 }}", "declarations": [{"name": "n", "type": "integer"}], "variables": {"n": 41}},
+    )
+    assert declared_draft.json()["text"] == "42"
 
 
 @pytest.mark.parametrize(
