@@ -141,7 +141,8 @@ class AnthropicProvider(Provider):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         self.client = AsyncAnthropic(
-            api_key=config.api_key or None,
+            # Never None: the SDK would look for a key in the environment and profile files.
+            api_key=config.api_key or "none",
             base_url=config.base_url or None,
             timeout=config.timeout_seconds,
             max_retries=0,

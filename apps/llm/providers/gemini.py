@@ -9,11 +9,12 @@ the caller as ToolCalls.
 Gemini's shapes: system messages go in `system_instruction`; the assistant is the
 "model" role; a tool call is a functionCall part and its result a functionResponse
 part that names the function (not the call id), so the adapter remembers which id
-was which name. Gemini may give no call ids; we make stable ones."""
+was which name. Gemini may give no call ids; we make random ones."""
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar
 
@@ -208,7 +209,7 @@ class GeminiProvider(Provider):
         return request.provider_model or request.model, contents, self._config(request, system)
 
     @staticmethod
-    def _parts(response: Any, offset: int) -> tuple[str, list[ToolCall]]:
+    def _parts(response: Any) -> tuple[str, list[ToolCall]]:
         texts: list[str] = []
         calls: list[ToolCall] = []
         candidates = response.candidates or []
@@ -225,7 +226,7 @@ class GeminiProvider(Provider):
                     )
                 calls.append(
                     ToolCall(
-                        id=call.id or f"call_{offset + len(calls)}_{call.name}",
+                        id=call.id or f"call_{secrets.token_hex(8)}",  # Gemini may give none
                         name=str(call.name),
                         arguments=json.dumps(args),
                     )
@@ -245,7 +246,7 @@ class GeminiProvider(Provider):
                 if feedback is not None and feedback.block_reason is not None:
                     return self._blocked(request, response)
                 raise MalformedResponse("gemini answered with no candidates", provider=self.kind)
-            text, calls = self._parts(response, 0)
+            text, calls = self._parts(response)
             finish = _finish(response.candidates[0]) or "stop"
             usage = _usage(response.usage_metadata) or Usage(
                 self.count_tokens(request.model, request.messages)
@@ -282,7 +283,7 @@ class GeminiProvider(Provider):
                 model=model, contents=contents, config=config
             )
             async for response in stream:
-                text, found = self._parts(response, len(calls))
+                text, found = self._parts(response)
                 calls += found
                 usage = _usage(response.usage_metadata) or usage
                 if response.candidates:
