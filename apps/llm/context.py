@@ -424,3 +424,36 @@ def gateway_summarizer(
         return running
 
     return summarize
+
+
+async def fit_request(
+    request: ChatRequest,
+    *,
+    context_window: int,
+    count_tokens: TokenCounter,
+    summarize: Summarizer | None = None,
+    reserve_output_tokens: int = 1024,
+    tools_tokens: int | None = None,
+) -> tuple[ChatRequest, Window]:
+    """`request` with its messages fitted to a model's `context_window`, leaving room
+    for the answer (`max_tokens`, else `reserve_output_tokens`) and the tool
+    definitions; condensed when `summarize` is given, else windowed."""
+    from dataclasses import replace
+
+    from apps.llm.tokens import estimate_tool_tokens
+
+    output = request.max_tokens if request.max_tokens is not None else reserve_output_tokens
+    tools = tools_tokens if tools_tokens is not None else estimate_tool_tokens(request.tools)
+    budget = context_window - output - tools
+    if budget <= 0:
+        raise ContextTooLong(
+            f"The answer ({output:,} tokens) and the tools ({tools:,}) leave no room for the conversation"
+            f" in a window of {context_window:,}."
+        )
+    if summarize is not None:
+        window = await condense(
+            request.messages, max_tokens=budget, count_tokens=count_tokens, summarize=summarize
+        )
+    else:
+        window = sliding_window(request.messages, max_tokens=budget, count_tokens=count_tokens)
+    return replace(request, messages=window.messages), window

@@ -232,3 +232,35 @@ def test_the_transcript_a_summarizer_reads_shows_calls_and_results() -> None:
         '[assistant]\nStep 7: I will run ls src.\n\n[assistant calls bash] {"command": "ls src"}'
         "\n\n[tool result bash]\nparser.py\nlexer.py"
     )
+
+
+def test_a_request_is_fitted_leaving_room_for_the_answer_and_the_tools() -> None:
+    from apps.llm.context import fit_request
+    from apps.llm.types import ChatRequest, Tool
+
+    bash = Tool(
+        name="bash",
+        description="Run a shell command in the workspace",
+        parameters={"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+    )
+    request = ChatRequest(
+        model="gpt-4o-mini",
+        messages=tuple(agent_conversation(30)),
+        tools=(bash,),
+        max_tokens=500,
+        temperature=0,
+    )
+    fitted, window = asyncio.run(fit_request(request, context_window=3000, count_tokens=count))
+    assert fitted.messages == window.messages
+    assert (fitted.tools, fitted.max_tokens, fitted.temperature, fitted.model) == (
+        (bash,),
+        500,
+        0,
+        "gpt-4o-mini",
+    )
+    assert count(fitted.messages) <= 3000 - 500 - 30  # the tool definition takes a few dozen tokens
+    assert_tool_pairs_intact(fitted.messages)
+
+    with pytest.raises(ContextTooLong) as caught:
+        asyncio.run(fit_request(request, context_window=400, count_tokens=count))
+    assert "leave no room for the conversation in a window of 400" in caught.value.message
