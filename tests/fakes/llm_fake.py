@@ -193,6 +193,11 @@ class Exchange:
         self.handler.wfile.flush()
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # a benchmark opens 64+ connections at once; the default backlog is 5
+
+
 class FakeLLMServer:
     """Base of the fakes: subclasses define route(exchange, request) and their endpoints."""
 
@@ -317,8 +322,7 @@ class FakeLLMServer:
 
             do_GET = do_POST = do_DELETE = _serve
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self.origin = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
