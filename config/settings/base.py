@@ -243,7 +243,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django_tenants": {"level": "WARNING"}},
+    # The LLM SDKs' HTTP client logs every request at INFO: a line per model call.
+    "loggers": {
+        "django_tenants": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+    },
 }
 
 # --- Single sign-on (apps/accounts/sso_backends.py, pipeline.py) -------------
