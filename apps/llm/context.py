@@ -292,16 +292,22 @@ async def condense(
     positions = [index for index, message in enumerate(messages) if not _is_summary(message)]
     rest = [messages[index] for index in positions]
     keep_budget = max(1, int(max_tokens * target_fraction) - summary_room)
-    window, kept_positions = _fit(
-        rest,
-        max_tokens=max_tokens - summary_room,
-        count_tokens=count_tokens,
-        max_message_tokens=per_message,
-        drop_limit_tokens=keep_budget,
-    )
+    try:
+        window, kept_positions = _fit(
+            rest,
+            max_tokens=max_tokens - summary_room,
+            count_tokens=count_tokens,
+            max_message_tokens=per_message,
+            drop_limit_tokens=keep_budget,
+        )
+    except ContextTooLong:
+        window = Window(messages=())  # no room for a summary: the plain window's answer below
+    if not window.dropped:
+        # Nothing old enough to summarize (or no room for a summary): cut what is there instead.
+        return sliding_window(
+            messages, max_tokens=max_tokens, count_tokens=count_tokens, max_message_tokens=per_message
+        )
     span = earlier + list(window.dropped)
-    if not span:
-        return window
     try:
         text = (await summarize(span)).strip()
         if not text:

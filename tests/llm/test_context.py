@@ -264,3 +264,16 @@ def test_a_request_is_fitted_leaving_room_for_the_answer_and_the_tools() -> None
     with pytest.raises(ContextTooLong) as caught:
         asyncio.run(fit_request(request, context_window=400, count_tokens=count))
     assert "leave no room for the conversation in a window of 400" in caught.value.message
+
+
+def test_with_nothing_old_enough_to_summarize_the_newest_turn_is_cut_instead() -> None:
+    calls: list[list[Message]] = []
+    conversation = [SYSTEM, TASK, *step(1, "pytest", pytest_output(4000))]
+    result = asyncio.run(
+        condense(conversation, max_tokens=1500, count_tokens=count, summarize=commands_summary(calls))
+    )
+    assert calls == []
+    assert result.summary is None
+    assert result.truncated == 1
+    assert result.tokens <= 1500
+    assert (result.messages[-1].content or "").endswith("1 failed in 0.42s")
