@@ -31,8 +31,9 @@ from apps.llm.types import ChatRequest, ChatResponse, Message, StreamChunk, Tool
 FENCE_LABEL = "tool_call"
 _NAME_KEYS = ("name", "tool", "tool_name", "function_name", "function")
 _ARGUMENT_KEYS = ("arguments", "args", "parameters", "params", "input", "tool_input", "kwargs")
-_FENCED = re.compile(r"```[ \t]*([A-Za-z_\-]*)[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
-_TAGGED = re.compile(r"<(tool_call|function_call|tool)>\s*(.*?)\s*(?:</\1>|\Z)", re.DOTALL | re.IGNORECASE)
+_FENCE_OPEN = re.compile(r"```[ \t]*([A-Za-z_\-]*)[ \t]*\n?")
+_TAG_OPEN = re.compile(r"<(tool_call|function_call|tool)>", re.IGNORECASE)
+_CALL_LABELS = frozenset({FENCE_LABEL, "function_call", "tool"})
 
 
 def tools_prompt(tools: Sequence[Tool], tool_choice: str | None = None) -> str:
@@ -100,14 +101,14 @@ def emulate_request(request: ChatRequest) -> ChatRequest:
 # -- reading the answer ------------------------------------------------------------------------------
 
 
-def _balanced_objects(text: str) -> list[tuple[int, int]]:
-    """Spans of top-level {...} or [...] in text, skipping brackets inside strings."""
-    spans = []
+def _value_end(text: str, start: int) -> int:
+    """Where the {...} or [...] starting at `start` ends (brackets and fences inside
+    strings do not count); the text's end when it is cut off."""
     depth = 0
-    start = -1
     quote = ""
     escaped = False
-    for index, char in enumerate(text):
+    for index in range(start, len(text)):
+        char = text[index]
         if quote:
             if escaped:
                 escaped = False
@@ -115,20 +116,60 @@ def _balanced_objects(text: str) -> list[tuple[int, int]]:
                 escaped = True
             elif char == quote:
                 quote = ""
-            continue
-        if char in "\"'" and depth:
+        elif char in "\"'" and depth:
             quote = char
         elif char in "{[":
-            if depth == 0:
-                start = index
             depth += 1
-        elif char in "}]" and depth:
+        elif char in "}]":
             depth -= 1
             if depth == 0:
-                spans.append((start, index + 1))
-    if depth and start >= 0:  # cut off by the token limit: try what there is
-        spans.append((start, len(text)))
+                return index + 1
+    return len(text)
+
+
+def _balanced_objects(text: str) -> list[tuple[int, int]]:
+    """Spans of top-level {...} or [...] in text."""
+    spans = []
+    index = 0
+    while index < len(text):
+        if text[index] in "{[":
+            end = _value_end(text, index)
+            spans.append((index, end))
+            index = end
+        else:
+            index += 1
     return spans
+
+
+def _blocks(text: str) -> list[tuple[int, int, str, list[str]]]:
+    """Fenced blocks and <tool_call> tags: (start, end, label, the JSON values inside).
+    A closing fence or tag inside a JSON string does not end the block."""
+    blocks: list[tuple[int, int, str, list[str]]] = []
+    position = 0
+    while True:
+        fence = _FENCE_OPEN.search(text, position)
+        tag = _TAG_OPEN.search(text, position)
+        match = min((m for m in (fence, tag) if m is not None), key=lambda m: m.start(), default=None)
+        if match is None:
+            return blocks
+        is_fence = match is fence
+        closer = "```" if is_fence else f"</{match.group(1).lower()}>"
+        label = match.group(1).lower() if is_fence else "tool_call"
+        values = []
+        cursor = match.end()
+        while True:
+            while cursor < len(text) and text[cursor].isspace():
+                cursor += 1
+            if cursor < len(text) and text[cursor] in "{[":
+                end = _value_end(text, cursor)
+                values.append(text[cursor:end])
+                cursor = end
+                continue
+            break
+        found = text.find(closer, cursor) if is_fence else text.lower().find(closer, cursor)
+        end = len(text) if found < 0 else found + len(closer)
+        blocks.append((match.start(), end, label, values))
+        position = end
 
 
 def _loads_tolerant(text: str) -> Any:
@@ -236,20 +277,16 @@ def parse_tool_calls(
     forced = _match_tool(tool_choice, tools) if tool_choice not in (None, "auto", "required") else None
     calls: list[ToolCall] = []
     spans: list[tuple[int, int]] = []
-    for pattern in (_FENCED, _TAGGED):
-        for match in pattern.finditer(text):
-            if any(start <= match.start() < end for start, end in spans):
+    for start, end, label, values in _blocks(text):
+        found: list[ToolCall] = []
+        for value in values:
+            try:
+                found += _calls_in(_loads_tolerant(value), tools, forced)
+            except ValueError:
                 continue
-            label, body = match.group(1).lower(), match.group(2)
-            found: list[ToolCall] = []
-            for start, end in _balanced_objects(body) or [(0, len(body))]:
-                try:
-                    found += _calls_in(_loads_tolerant(body[start:end]), tools, forced)
-                except ValueError:
-                    continue
-            if found or label in (FENCE_LABEL, "tool_call", "function_call", "tool"):
-                calls += found
-                spans.append(match.span())
+        if found or label in _CALL_LABELS:
+            calls += found
+            spans.append((start, end))
     if not calls:
         # No block: a bare JSON object naming a tool (or the forced tool's arguments alone).
         for start, end in _balanced_objects(text):

@@ -342,6 +342,31 @@ CELERY_BEAT_SCHEDULE = {
 LLM_PROVIDER_PLUGINS = env_list("LLM_PROVIDER_PLUGINS")
 # Encrypts organizations' provider API keys at rest (default: derived from SECRET_KEY).
 LLM_ENCRYPTION_KEY = env_str("LLM_ENCRYPTION_KEY", "")
+# The gateway (apps/llm/gateway.py and the modules it names): a provider call's timeout;
+# retries per model (full-jitter backoff from BASE up to CAP seconds; a Retry-After over
+# RETRY_AFTER_CAP moves on to the next model instead); circuit breakers (open after
+# FAILURES consecutive failures, for COOLDOWN seconds); caches (TTL, L1 entries, the
+# embedding model of the opt-in semantic cache, "" = off, and its similarity threshold);
+# the fair queue's concurrency per provider endpoint, for the local model, and per
+# organization; metering's batch size and flush interval; hourly usage retention.
+LLM_TIMEOUT_SECONDS = env_int("LLM_TIMEOUT_SECONDS", 60)
+LLM_RETRY_ATTEMPTS = env_int("LLM_RETRY_ATTEMPTS", 2)
+LLM_RETRY_BASE_SECONDS = float(env_str("LLM_RETRY_BASE_SECONDS", "0.25"))
+LLM_RETRY_CAP_SECONDS = float(env_str("LLM_RETRY_CAP_SECONDS", "4"))
+LLM_RETRY_AFTER_CAP_SECONDS = float(env_str("LLM_RETRY_AFTER_CAP_SECONDS", "10"))
+LLM_BREAKER_FAILURES = env_int("LLM_BREAKER_FAILURES", 5)
+LLM_BREAKER_COOLDOWN_SECONDS = float(env_str("LLM_BREAKER_COOLDOWN_SECONDS", "30"))
+LLM_CACHE_TTL_SECONDS = env_int("LLM_CACHE_TTL_SECONDS", 3600)
+LLM_CACHE_L1_SIZE = env_int("LLM_CACHE_L1_SIZE", 2048)
+LLM_SEMANTIC_CACHE_MODEL = env_str("LLM_SEMANTIC_CACHE_MODEL", "")
+LLM_SEMANTIC_CACHE_THRESHOLD = float(env_str("LLM_SEMANTIC_CACHE_THRESHOLD", "0.95"))
+LLM_QUEUE_PROVIDER_CONCURRENCY = env_int("LLM_QUEUE_PROVIDER_CONCURRENCY", 16)
+LLM_QUEUE_LOCAL_CONCURRENCY = env_int("LLM_QUEUE_LOCAL_CONCURRENCY", 2)
+LLM_QUEUE_ORGANIZATION_CONCURRENCY = env_int("LLM_QUEUE_ORGANIZATION_CONCURRENCY", 8)
+LLM_METERING_BATCH_SIZE = env_int("LLM_METERING_BATCH_SIZE", 500)
+LLM_METERING_FLUSH_SECONDS = env_int("LLM_METERING_FLUSH_SECONDS", 5)
+LLM_USAGE_HOURLY_RETENTION_DAYS = env_int("LLM_USAGE_HOURLY_RETENTION_DAYS", 14)
+CELERY_BEAT_SCHEDULE["llm-usage-prune"] = {"task": "llm.usage_prune", "schedule": 3600.0}
 # Platform-wide default credentials; organizations may set their own.
 OPENAI_API_KEY = env_str("OPENAI_API_KEY", "")
 OPENAI_BASE_URL = env_str("OPENAI_BASE_URL", "")

@@ -244,3 +244,31 @@ def test_forced_tool_written_as_bare_arguments_while_streaming(openai_fake: Fake
     assert [(call.name, call.parsed_arguments()) for call in chunks[-1].tool_calls] == [
         ("get_weather", {"city": "Rome"})
     ]
+
+
+def test_fences_tags_and_brackets_inside_argument_strings_do_not_end_the_block():
+    query = 'use {braces}, ``` fences, </tool_call> tags and \\"quotes\\"'
+    call_json = f'{{"name": "search_docs", "arguments": {{"query": "{query}", "limit": 2}}}}'
+    for text in (f"```tool_call\n{call_json}\n```\nDone.", f"<tool_call>{call_json}</tool_call>\nDone."):
+        content, call = one_call(text)
+        assert call.parsed_arguments() == {
+            "query": 'use {braces}, ``` fences, </tool_call> tags and "quotes"',
+            "limit": 2,
+        }
+        assert content == "Done."
+
+
+def test_a_code_block_before_the_call_stays_in_the_text():
+    text = (
+        'Here is the helper:\n```python\nCONFIG = {"city": "Paris"}\n```\n'
+        '```tool_call\n{"name": "get_weather", "arguments": {"city": "Paris", "when": ["today", "tomorrow"],'
+        ' "where": {"lat": 48.85, "lon": 2.35}, "note": "café, 東京"}}\n```'
+    )
+    content, call = one_call(text)
+    assert content == 'Here is the helper:\n```python\nCONFIG = {"city": "Paris"}\n```'
+    assert call.parsed_arguments() == {
+        "city": "Paris",
+        "when": ["today", "tomorrow"],
+        "where": {"lat": 48.85, "lon": 2.35},
+        "note": "café, 東京",
+    }
