@@ -574,14 +574,17 @@ class Gateway:
                 chunk = await with_timeout(iterator.__anext__(), self._timeout(), provider=model.provider)
             except StopAsyncIteration:
                 chunk = None
-            except ProviderError as error:
+            except Exception as exc:  # a ProviderError, or an SDK surprise the provider did not map
+                error = exc if isinstance(exc, ProviderError) else ProviderError(type(exc).__name__)
+                if not isinstance(exc, ProviderError):
+                    logger.exception("Provider %s's stream raised an unmapped error", model.provider)
                 self.router.stats.record(model.name, ok=False)
                 self.breaker_for(model, config).record_failure(error)
                 self.meter.record(context=context, model=model.name, provider=model.provider, failed=True)
                 failure = ProviderFailed(
                     f"{model.name}: the stream broke after it started ({error.message})", code=error.code
                 )
-                raise failure from error
+                raise failure from exc
         usage = finish.usage if finish is not None and finish.usage is not None else None
         if usage is None:
             usage = Usage(
