@@ -50,6 +50,7 @@ class Reply:
     delay: float = 0.0  # seconds before the response starts
     chunk_delay: float = 0.0  # streaming: seconds between events
     raw_body: bytes | None = None  # sent as is (a malformed body); streaming: as one event's data
+    raw_events: list[Any] | None = None  # streaming: these events' data (dicts as JSON) instead
     drop: bool = False  # close the connection without answering
     cut_after_events: int | None = None  # streaming: close the connection after this many events
     # streaming: after this many events, the API's own error event (type from stream_error_status)

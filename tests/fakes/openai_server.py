@@ -210,6 +210,11 @@ class FakeOpenAI(FakeLLMServer):
             exchange.event(reply.raw_body.decode(errors="replace"))
             exchange.end_stream()
             return
+        if reply is not None and reply.raw_events is not None:  # another server's dialect
+            for data in reply.raw_events:
+                exchange.event(data)
+            exchange.end_stream()
+            return
         text, calls, finish, usage = self._answer(request, reply)
         created = now()
 

@@ -198,3 +198,41 @@ def test_tool_calls_have_one_type_native_or_emulated(openai_fake: FakeOpenAI) ->
         assert isinstance(tool_call, ToolCall)
         assert (tool_call.name, tool_call.parsed_arguments()) == ("get_weather", {"city": "Paris"})
         assert response.finish_reason == "tool_calls"
+
+
+def test_stream_dialects_of_tool_call_deltas(openai_fake: FakeOpenAI) -> None:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    def piece(name: str, arguments: str, call_id: str | None = None) -> dict[str, Any]:
+        part: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": arguments}}
+        if call_id:
+            part["id"] = call_id
+        return {"tool_calls": [part]}
+
+    openai_fake.script(
+        # The name on every piece, no index, a new id for the second call; "stop" after tool calls.
+        Reply(
+            raw_events=[
+                chunk({"role": "assistant", "content": None}),
+                chunk(piece("get_weather", '{"city": ', "call_a")),
+                chunk(piece("get_weather", '"Paris"}')),
+                chunk(piece("get_weather", '{"city": "Oslo"}', "call_b")),
+                chunk({}, "stop"),
+                "[DONE]",
+            ]
+        )
+    )
+    chunks = call(openai_fake, lambda provider: collect(provider, ask("Weather?", tools=(WEATHER,))))
+    last = chunks[-1]
+    assert last.finish_reason == "tool_calls"
+    assert [(c.id, c.name, c.parsed_arguments()) for c in last.tool_calls] == [
+        ("call_a", "get_weather", {"city": "Paris"}),
+        ("call_b", "get_weather", {"city": "Oslo"}),
+    ]

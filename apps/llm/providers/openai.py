@@ -244,10 +244,14 @@ class OpenAIProvider(Provider):
                             output += delta.content
                             yield StreamChunk(text=delta.content, model=request.model)
                         for part in (delta.tool_calls if delta is not None else None) or ():
-                            slot = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                            index = part.index
+                            if index is None:  # some servers leave it out: a new id is a new call
+                                index = max(calls) if calls and not part.id else len(calls)
+                            slot = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
                             slot["id"] = part.id or slot["id"]
                             if part.function is not None:
-                                slot["name"] += part.function.name or ""
+                                # Named once by OpenAI, on every piece by some servers: not appended.
+                                slot["name"] = part.function.name or slot["name"]
                                 slot["arguments"] += part.function.arguments or ""
                         if choice.finish_reason:
                             finish = FINISH_REASONS.get(str(choice.finish_reason), "stop")
