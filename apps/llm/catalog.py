@@ -17,6 +17,7 @@ from typing import Any
 ALIASES: dict[str, str] = {"local": "smollm2-135m"}
 
 LOCAL_MODEL = "smollm2-135m"
+LOCAL_EMBEDDING_MODEL = "smollm2-135m-embedding"
 AUTO_MODEL = "auto"
 
 
@@ -66,8 +67,19 @@ CATALOG: tuple[dict[str, Any], ...] = (
         context_window=8192,
         max_output_tokens=1024,
         prices=("0", "0", "0"),
-        tools=False,  # emulated with grammar-constrained JSON
+        # Tool calls and JSON are grammar-constrained by llama.cpp (apps/llm/providers/local.py).
         description="SmolLM2 135M Instruct, quantized GGUF, in process",
+    ),
+    _entry(
+        LOCAL_EMBEDDING_MODEL,
+        "local",
+        "SmolLM2-135M-Instruct",
+        context_window=512,
+        prices=("0", "0", "0"),
+        tools=False,
+        json=False,
+        embeddings=True,
+        description="Mean-pooled SmolLM2 135M hidden states, in process (the semantic cache with no key)",
     ),
     # OpenAI
     _entry(
