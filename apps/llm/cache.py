@@ -20,7 +20,6 @@ hit or miss per level in the Prometheus counter llm_cache_lookups_total.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import math
@@ -40,6 +39,8 @@ from prometheus_client import Counter
 from apps.llm.types import CallContext, ChatRequest, ChatResponse, Message, ToolCall, Usage
 
 CACHE_LOOKUPS = Counter("llm_cache_lookups", "LLM response cache lookups", ["level", "result"])
+
+REDIS_RETRY_SECONDS = 10.0
 
 Embedder = Callable[[list[str], CallContext], Awaitable[Sequence[Sequence[float]]]]
 
@@ -168,9 +169,19 @@ class ResponseCache:
         self.embedder = embedder
         self.semantic_threshold = float(getattr(settings, "LLM_SEMANTIC_CACHE_THRESHOLD", 0.95))
         self.semantic_entries = int(getattr(settings, "LLM_SEMANTIC_CACHE_ENTRIES", 200))
+        # After a Redis error L2/L3 are skipped for a while, so a Redis outage costs one
+        # timeout, not one per call.
+        self._redis_down_until = 0.0
         self._redis: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
             weakref.WeakKeyDictionary()
         )
+
+    @property
+    def redis_down(self) -> bool:
+        return time.monotonic() < self._redis_down_until
+
+    def _redis_failed(self) -> None:
+        self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
 
     def _client(self) -> aioredis.Redis:
         loop = asyncio.get_running_loop()
@@ -194,10 +205,12 @@ class ResponseCache:
             CACHE_LOOKUPS.labels("l1", "hit").inc()
             return response, "l1"
         CACHE_LOOKUPS.labels("l1", "miss").inc()
-        try:
-            raw = await self._client().get(key)
-        except (aioredis.RedisError, OSError):
-            raw = None  # the cache is an optimisation: Redis down means a miss
+        raw = None
+        if not self.redis_down:
+            try:
+                raw = await self._client().get(key)
+            except (aioredis.RedisError, OSError):
+                self._redis_failed()  # the cache is an optimisation: Redis down means a miss
         if raw is None:
             CACHE_LOOKUPS.labels("l2", "miss").inc()
             return None
@@ -208,8 +221,12 @@ class ResponseCache:
 
     async def put_exact(self, key: str, response: ChatResponse) -> None:
         self.l1.put(key, response)
-        with contextlib.suppress(aioredis.RedisError, OSError):
+        if self.redis_down:
+            return
+        try:
             await self._client().set(key, response_dump(response), ex=max(int(self.ttl_seconds), 1))
+        except (aioredis.RedisError, OSError):
+            self._redis_failed()
 
     # --- semantic -------------------------------------------------------------
 
@@ -233,10 +250,12 @@ class ResponseCache:
     ) -> tuple[ChatResponse | None, list[float] | None, float]:
         """(response on a hit, the query's vector for storing later, best similarity)."""
         vector = await self._embed(request, context)
-        try:
-            entries = await self._client().lrange(semantic_scope(request, context.organization_id), 0, -1)
-        except (aioredis.RedisError, OSError):
-            entries = []
+        entries = []
+        if not self.redis_down:
+            try:
+                entries = await self._client().lrange(semantic_scope(request, context.organization_id), 0, -1)
+            except (aioredis.RedisError, OSError):
+                self._redis_failed()
         best: tuple[float, str] | None = None
         for raw in entries:
             entry = json.loads(raw)
@@ -254,12 +273,16 @@ class ResponseCache:
     ) -> None:
         key = semantic_scope(request, context.organization_id)
         entry = json.dumps({"v": vector, "r": response_dump(response)})
-        with contextlib.suppress(aioredis.RedisError, OSError):
+        if self.redis_down:
+            return
+        try:
             async with self._client().pipeline(transaction=True) as pipe:
                 pipe.lpush(key, entry)
                 pipe.ltrim(key, 0, self.semantic_entries - 1)
                 pipe.expire(key, max(int(self.ttl_seconds), 1))
                 await pipe.execute()
+        except (aioredis.RedisError, OSError):
+            self._redis_failed()
 
 
 def cache_clear_shared() -> int:
@@ -272,6 +295,8 @@ def cache_clear_shared() -> int:
             keys = list(client.scan_iter(match=pattern, count=500))
             if keys:
                 deleted += int(client.delete(*keys))
+    except (redis.RedisError, OSError):
+        return deleted  # nothing to clear where Redis cannot be reached
     finally:
         client.close()
     return deleted

@@ -39,12 +39,12 @@ import jsonschema
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 
-from apps.core.errors import Invalid
+from apps.core.errors import Invalid, ServiceError
 from apps.llm import selectors
 from apps.llm.budgets import budgets_check
 from apps.llm.cache import ResponseCache, cache_clear_shared, exact_key
 from apps.llm.catalog import ALIASES
-from apps.llm.errors import InvalidTool, ProviderFailed
+from apps.llm.errors import BudgetExceeded, InvalidTool, ProviderFailed
 from apps.llm.metering import Meter, meter
 from apps.llm.providers.base import (
     AuthenticationFailed,
@@ -374,8 +374,15 @@ class Gateway:
         if context.semantic_cache:
             semantic_note = self.cache.semantic_unavailable(request)
             if semantic_note is None:
-                cached, vector, similarity = await self.cache.get_semantic(request, context)
-                semantic_note = f"similarity {similarity:.3f}"
+                try:
+                    cached, vector, similarity = await self.cache.get_semantic(request, context)
+                except BudgetExceeded:
+                    raise
+                except ServiceError as exc:  # the cache is an optimisation: its embedder failing is a miss
+                    cached, vector, similarity = None, None, 0.0
+                    semantic_note = f"skipped: the embedding failed ({exc.code})"
+                else:
+                    semantic_note = f"similarity {similarity:.3f}"
                 if cached is not None:
                     response = self._cached(cached, "l3", plan, primary, context, started)
                     response.route["semantic_cache"] = semantic_note

@@ -151,3 +151,26 @@ def test_without_an_embedding_model_the_semantic_cache_is_off_and_says_so(world,
         ask("gpt-4o-mini", "anything"), CallContext(organization_id=world.alpha.pk, semantic_cache=True)
     )
     assert response.route["semantic_cache"].startswith("off: no embedding model configured")
+
+
+def test_with_redis_down_calls_still_answer_and_l1_still_serves(world, openai_platform, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    gateway_reset()
+    context = CallContext(organization_id=world.alpha.pk)
+    first = chat(ask("gpt-4o-mini", "no redis"), context)
+    assert first.route["cache"] is None
+    assert gateway().cache.redis_down  # and skipped for a while, not retried on every call
+    assert chat(ask("gpt-4o-mini", "no redis"), context).route["cache"] == "l1"
+    assert len(openai_platform.chat_requests) == 1
+
+
+def test_a_failing_embedder_makes_the_semantic_cache_miss_not_the_call_fail(world, openai_platform, settings):
+    semantic_gateway(settings)
+    settings.LLM_RETRY_ATTEMPTS = 0
+    openai_platform.script(Reply.error(500, "embeddings down"), endpoint="embeddings")
+    response = chat(
+        ask("gpt-4o-mini", "still answered?"),
+        CallContext(organization_id=world.alpha.pk, semantic_cache=True),
+    )
+    assert response.message.content == "Echo: still answered?"
+    assert response.route["semantic_cache"] == "skipped: the embedding failed (provider_unavailable)"
