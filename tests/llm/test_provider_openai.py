@@ -447,3 +447,18 @@ def test_the_fake_serves_the_model_list_to_the_sdk(openai_fake: FakeOpenAI) -> N
     openai_fake.record = False
     call(openai_fake, lambda provider: provider.chat(ask("not recorded")))
     assert len(openai_fake.requests) == 1
+
+
+def test_json_mode_says_json_when_the_conversation_does_not(openai_fake: FakeOpenAI) -> None:
+    # OpenAI refuses json_object unless the messages mention JSON: the provider adds the words.
+    openai_fake.script(Reply(text='{"capital": "Paris"}'), Reply(text='{"capital": "Paris"}'))
+    call(openai_fake, lambda provider: provider.chat(ask("Capital of France?", response_format="json")))
+    call(
+        openai_fake, lambda provider: provider.chat(ask("Capital of France, as json", response_format="json"))
+    )
+    first, second = (request.json["messages"] for request in openai_fake.chat_requests)
+    assert first[0] == {
+        "role": "system",
+        "content": "Be brief.\n\nAnswer with one JSON object only, no text before or after it.",
+    }
+    assert second[0] == {"role": "system", "content": "Be brief."}

@@ -8,6 +8,7 @@ backoff, circuit breakers and fallbacks, and must see every failure."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import httpx2
@@ -110,6 +111,19 @@ def openai_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
     return result
 
 
+JSON_INSTRUCTION = "Answer with one JSON object only, no text before or after it."
+
+
+def with_json_instruction(messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    """The conversation with an instruction to answer in JSON at the end of its system prompt."""
+    result = list(messages)
+    if result and result[0].role == "system":
+        result[0] = replace(result[0], content=f"{result[0].content or ''}\n\n{JSON_INSTRUCTION}".strip())
+    else:
+        result.insert(0, Message(role="system", content=JSON_INSTRUCTION))
+    return tuple(result)
+
+
 @register_provider
 class OpenAIProvider(Provider):
     kind: ClassVar[str] = "openai"
@@ -129,9 +143,17 @@ class OpenAIProvider(Provider):
     # -- translating ---------------------------------------------------------------------------------
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        messages = request.messages
+        if (
+            request.response_format == "json"
+            and not request.json_schema
+            and not any("json" in (message.content or "").lower() for message in messages)
+        ):
+            # JSON mode is refused unless the conversation says "JSON" somewhere; say it for the caller.
+            messages = with_json_instruction(messages)
         body: dict[str, Any] = {
             "model": request.provider_model or request.model,
-            "messages": openai_messages(request.messages),
+            "messages": openai_messages(messages),
         }
         if request.tools:
             body["tools"] = [

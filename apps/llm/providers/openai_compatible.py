@@ -23,10 +23,10 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from apps.llm.providers.base import InvalidProviderRequest, ProviderConfig
-from apps.llm.providers.openai import OpenAIProvider
+from apps.llm.providers.openai import OpenAIProvider, with_json_instruction
 from apps.llm.providers.registry import register_provider
 from apps.llm.tool_emulation import chat_with_emulated_tools, stream_with_emulated_tools
-from apps.llm.types import ChatRequest, ChatResponse, EmbeddingResponse, Message, StreamChunk
+from apps.llm.types import ChatRequest, ChatResponse, EmbeddingResponse, StreamChunk
 
 SERVER_PRESETS: dict[str, dict[str, Any]] = {
     # vLLM: tools need --enable-auto-tool-choice and a --tool-call-parser on the server.
@@ -42,7 +42,6 @@ OPTION_VALUES = {
     "tools": ("native", "emulated"),
     "json": ("json_schema", "json_object", "tgi", "prompt"),
 }
-JSON_INSTRUCTION = "Answer with one JSON object only, no text before or after it."
 
 
 def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -134,11 +133,4 @@ def _has_tool_turns(request: ChatRequest) -> bool:
 
 
 def _with_json_instruction(request: ChatRequest) -> ChatRequest:
-    messages = list(request.messages)
-    if messages and messages[0].role == "system":
-        messages[0] = replace(
-            messages[0], content=f"{messages[0].content or ''}\n\n{JSON_INSTRUCTION}".strip()
-        )
-    else:
-        messages.insert(0, Message(role="system", content=JSON_INSTRUCTION))
-    return replace(request, messages=tuple(messages), response_format="text")
+    return replace(request, messages=with_json_instruction(request.messages), response_format="text")
