@@ -8,6 +8,7 @@ import http.client
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import openai
@@ -17,7 +18,7 @@ from django.test import Client
 
 from apps.llm import selectors
 from apps.llm.credentials import api_key_encrypt
-from apps.llm.models import LlmModel, ModelAccess, ProviderCredential, UsageDaily, UsageHourly
+from apps.llm.models import Budget, LlmModel, ModelAccess, ProviderCredential, UsageDaily, UsageHourly
 from apps.tenancy import identity
 from apps.tenancy.audit import Actor
 from apps.tenancy.models import ApiKey, AuditEvent, Organization
@@ -453,3 +454,35 @@ def test_the_organization_host_refuses_sessions_and_other_keys(live_db: World, k
     response = beta_key.get("/v1/models")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "wrong_organization"
+
+
+def test_a_key_over_its_budget_gets_402_and_nothing_is_sent(
+    asgi_server: LiveServer, keys: Keys, alpha_openai: FakeOpenAI, live_db: World
+) -> None:
+    key = ApiKey.objects.get(prefix=keys.alpha.split("_")[1])
+    Budget.objects.create(
+        organization=live_db.alpha,
+        scope=Budget.Scope.API_KEY,
+        api_key_id=key.pk,
+        period=Budget.Period.DAY,
+        limit_usd=Decimal("0"),
+    )
+    selectors.snapshots_clear()
+    try:
+        with pytest.raises(openai.APIStatusError) as refused:
+            sdk(asgi_server, keys.alpha).chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert refused.value.status_code == 402
+        assert refused.value.code == "budget_exceeded"
+        assert "API key" in refused.value.message
+        assert alpha_openai.requests == []
+        # Another key of the same organization is not held to this key's budget.
+        alpha_openai.script(Reply(text="fine"))
+        other = _key(live_db, live_db.alpha, ["llm:write"])
+        completion = sdk(asgi_server, other).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert completion.choices[0].message.content == "fine"
+    finally:
+        Budget.objects.filter(organization=live_db.alpha).delete()
