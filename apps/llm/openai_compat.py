@@ -473,7 +473,9 @@ def _route_headers(route: dict[str, Any]) -> dict[str, str]:
     for key in ("model", "provider", "reason", "cache", "cost_usd", "latency_ms", "attempts"):
         value = route.get(key)
         if value is not None and value != "":
-            text = str(value).encode("ascii", "replace").decode()[:200].replace("\n", " ")
+            if isinstance(value, list | dict):
+                value = json.dumps(value, separators=(",", ":"), default=str)
+            text = str(value).encode("ascii", "replace").decode()[:500].replace("\n", " ")
             headers[f"X-Agentyard-{key.replace('_', '-').title()}"] = text
     return headers
 

@@ -144,6 +144,8 @@ def test_chat_completion_with_the_official_sdk(
     # Which model served and why, for clients that care.
     assert raw.headers["x-agentyard-model"] == "gpt-4o-mini"
     assert raw.headers["x-agentyard-provider"] == "openai"
+    assert raw.headers["x-agentyard-reason"]
+    assert isinstance(json.loads(raw.headers["x-agentyard-attempts"]), list)
     # The provider saw Alpha's own key and the conversation as sent.
     sent = alpha_openai.chat_requests[-1]
     assert sent.headers["authorization"] == "Bearer sk-alpha-own"
