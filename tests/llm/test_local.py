@@ -263,6 +263,21 @@ def test_an_abandoned_stream_stops_generating():
     assert model.generated_tokens - before - response.usage.output_tokens < 40
 
 
+def test_a_chat_whose_caller_gives_up_stops_generating():
+    """What the gateway's timeout does: cancel the awaiting call."""
+    provider = local()
+    model = provider.model
+    before = model.generated_tokens
+
+    async def give_up_soon() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(provider.chat(ask("Write a very long story.", max_tokens=2000)), 0.3)
+
+    run(give_up_soon())
+    response = run(provider.chat(ask("Say yes.", max_tokens=3)))  # served once the first has stopped
+    assert model.generated_tokens - before - response.usage.output_tokens < 200
+
+
 def test_a_prompt_over_the_context_window_is_refused_naming_the_window():
     provider = local(n_ctx=256)
     with pytest.raises(ContextWindowExceeded) as caught:
