@@ -4,9 +4,12 @@ call in this process sees the change."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.db import transaction
 
 from apps.core.errors import Invalid, NotFound
@@ -68,7 +71,32 @@ def _check_base_url(base_url: str) -> str:
         raise Invalid("The base URL must be an http:// or https:// address.", field="base_url")
     if len(base_url) > 500:
         raise Invalid("The base URL is too long (500 characters at most).", field="base_url")
+    if getattr(settings, "LLM_BLOCK_PRIVATE_BASE_URLS", False) and _private_host(parts.hostname or ""):
+        raise Invalid(
+            "The base URL leads to a private or local network address, which this platform does not allow.",
+            field="base_url",
+        )
     return base_url
+
+
+def _private_host(host: str) -> bool:
+    """Does the host name or address lead to loopback, private, link-local or reserved space?"""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False  # unresolvable now: the call will fail on its own, with the provider's error
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if (
+            address.is_private
+            or address.is_loopback
+            or address.is_link_local
+            or address.is_reserved
+            or address.is_multicast
+            or address.is_unspecified
+        ):
+            return True
+    return False
 
 
 @transaction.atomic

@@ -367,6 +367,10 @@ LLM_METERING_BATCH_SIZE = env_int("LLM_METERING_BATCH_SIZE", 500)
 LLM_METERING_FLUSH_SECONDS = env_int("LLM_METERING_FLUSH_SECONDS", 5)
 LLM_USAGE_HOURLY_RETENTION_DAYS = env_int("LLM_USAGE_HOURLY_RETENTION_DAYS", 14)
 CELERY_BEAT_SCHEDULE["llm-usage-prune"] = {"task": "llm.usage_prune", "schedule": 3600.0}
+# Refuse organizations' provider base URLs that lead to loopback, private or link-local
+# addresses (the platform's own network); off by default, as self-hosted model servers
+# on a private network are common. Checked when the URL is saved.
+LLM_BLOCK_PRIVATE_BASE_URLS = env_bool("LLM_BLOCK_PRIVATE_BASE_URLS", False)
 # Platform-wide default credentials; organizations may set their own.
 OPENAI_API_KEY = env_str("OPENAI_API_KEY", "")
 OPENAI_BASE_URL = env_str("OPENAI_BASE_URL", "")

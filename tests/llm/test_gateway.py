@@ -270,3 +270,61 @@ def test_the_catalog_sync_is_idempotent_and_unlists_removed_models(world):
     assert "0 added, 0 updated, 0 no longer listed" in out.getvalue()
     with pytest.raises(UnknownModel):
         chat(ask("retired-model"), CallContext(organization_id=world.alpha.pk))
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://127.0.0.1:8000/v1",
+        "http://10.1.2.3/v1",
+        "http://169.254.169.254/latest",
+        "http://[::1]:9000",
+        "http://localhost/v1",
+    ],
+)
+def test_private_base_urls_can_be_refused(world, settings, base_url):
+    settings.LLM_BLOCK_PRIVATE_BASE_URLS = True
+    with pytest.raises(Invalid, match="private or local network"):
+        services.credential_set(
+            organization=world.alpha,
+            provider="openai",
+            api_key="sk-x",
+            base_url=base_url,
+            actor=Actor(user=world.alice),
+        )
+    assert not ProviderCredential.objects.filter(organization=world.alpha).exists()
+    settings.LLM_BLOCK_PRIVATE_BASE_URLS = False  # the default: self-hosted servers on a private network work
+    services.credential_set(
+        organization=world.alpha,
+        provider="openai",
+        api_key="sk-x",
+        base_url=base_url,
+        actor=Actor(user=world.alice),
+    )
+
+
+def test_a_model_off_by_default_can_be_enabled_for_one_organization(world, openai_platform):
+    LlmModel.objects.filter(name="gpt-4o").update(enabled_by_default=False)
+    with pytest.raises(ModelDisabled):
+        chat(ask("gpt-4o"), CallContext(organization_id=world.alpha.pk))
+    services.model_access_set(
+        organization=world.alpha, model_name="gpt-4o", enabled=True, actor=Actor(user=world.alice)
+    )
+    assert chat(ask("gpt-4o"), CallContext(organization_id=world.alpha.pk)).route["model"] == "gpt-4o"
+    with pytest.raises(ModelDisabled):
+        chat(ask("gpt-4o"), CallContext(organization_id=world.beta.pk))
+
+
+def test_deleting_the_organizations_key_falls_back_to_the_platforms(world, openai_platform):
+    services.credential_set(
+        organization=world.alpha,
+        provider="openai",
+        api_key="sk-alpha-own",
+        base_url=openai_platform.base_url,
+        actor=Actor(user=world.alice),
+    )
+    chat(ask("gpt-4o-mini", "own key"), CallContext(organization_id=world.alpha.pk))
+    services.credential_delete(organization=world.alpha, provider="openai", actor=Actor(user=world.alice))
+    chat(ask("gpt-4o-mini", "platform key"), CallContext(organization_id=world.alpha.pk))
+    keys = [r.headers["authorization"] for r in openai_platform.chat_requests]
+    assert keys == ["Bearer sk-alpha-own", "Bearer sk-platform-test"]
