@@ -38,6 +38,7 @@ bench: bootstrap
 	@$(PY) -m scripts.services exec -- $(PY) -m bench.api
 	@$(PY) -m bench.sandbox
 	@$(PY) -m scripts.services exec -- $(PY) -m bench.terminal
+	@$(PY) -m scripts.services exec -- $(PY) -m bench.llm_gateway
 
 requirements:
 	.venv/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links requirements/base.in -o requirements/base.txt
