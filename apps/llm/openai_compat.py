@@ -27,10 +27,12 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.core.api import PrincipalRateThrottle, _throttle_redis
 from apps.core.errors import ServiceError
 from apps.llm.providers.base import ProviderError
 from apps.llm.types import CallContext, ChatRequest, ChatResponse, Message, StreamChunk, Tool, ToolCall
@@ -117,8 +119,32 @@ def _authenticate_sync(request: HttpRequest, action: str) -> ApiKey | JsonRespon
         return openai_error(403, "This API key belongs to another organization.", "wrong_organization")
     if not key_allows(api_key, action):
         return openai_error(403, f"This API key lacks the scope {ACTIONS[action].scope}.", "missing_scope")
+    retry_after = _throttled(api_key)
+    if retry_after is not None:
+        return openai_error(
+            429,
+            f"Too many requests for this API key (API_RATE_LIMIT {settings.API_RATE_LIMIT});"
+            f" retry after {retry_after} s.",
+            "rate_limit_exceeded",
+            headers={"Retry-After": str(retry_after)},
+        )
     key_touch(api_key, client_ip(request))
     return api_key
+
+
+def _throttled(api_key: ApiKey) -> int | None:
+    """The REST API's per-key budget (apps.core.api.PrincipalRateThrottle), shared with it:
+    seconds to wait when this request is over it, else None."""
+    limit, window = PrincipalRateThrottle.rate()
+    pipe = _throttle_redis().pipeline(transaction=False)
+    key = f"throttle:key:{api_key.pk}"
+    pipe.incr(key)
+    pipe.expire(key, window, nx=True)
+    pipe.ttl(key)
+    count, _, ttl = pipe.execute()
+    if int(count) <= limit:
+        return None
+    return int(ttl) if int(ttl) > 0 else window
 
 
 _authenticate = sync_to_async(_authenticate_sync)

@@ -16,6 +16,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
+from apps.core.api import _throttle_redis
 from apps.llm import selectors
 from apps.llm.credentials import api_key_encrypt
 from apps.llm.models import Budget, LlmModel, ModelAccess, ProviderCredential, UsageDaily, UsageHourly
@@ -488,3 +489,52 @@ def test_a_key_over_its_budget_gets_402_and_nothing_is_sent(
         assert completion.choices[0].message.content == "fine"
     finally:
         Budget.objects.filter(organization=live_db.alpha).delete()
+
+
+def test_the_local_model_answers_with_no_provider_key_at_all(
+    asgi_server: LiveServer, keys: Keys, settings: Any
+) -> None:
+    """SmolLM2 through llama.cpp for real: what a new organization can call on day one."""
+    settings.OPENAI_API_KEY = ""
+    client = sdk(asgi_server, keys.alpha)
+    completion = client.chat.completions.create(
+        model="local",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        temperature=0,
+        extra_headers={"Cache-Control": "no-store"},
+    )
+    assert completion.model == "smollm2-135m"
+    assert completion.choices[0].message.content
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens > 0
+    stream = client.chat.completions.create(
+        model="local",
+        messages=[{"role": "user", "content": "Count: one, two,"}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        extra_headers={"Cache-Control": "no-store"},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    assert chunks[-1].choices[0].finish_reason in {"stop", "length"}
+
+
+def test_past_the_rate_limit_a_key_gets_429_with_retry_after(
+    asgi_server: LiveServer, keys: Keys, settings: Any
+) -> None:
+    settings.API_RATE_LIMIT = "2/min"
+    reader = ApiKey.objects.get(prefix=keys.alpha_read.split("_")[1])
+    counter = f"throttle:key:{reader.pk}"
+    try:
+        client = sdk(asgi_server, keys.alpha_read)
+        client.models.list()
+        client.models.list()
+        with pytest.raises(openai.RateLimitError) as limited:
+            client.models.list()
+        assert limited.value.code == "rate_limit_exceeded"
+        assert 0 < int(limited.value.response.headers["retry-after"]) <= 60
+        assert sdk(asgi_server, keys.alpha).models.list().data  # another key has its own budget
+    finally:
+        _throttle_redis().delete(counter)
