@@ -538,3 +538,26 @@ def test_past_the_rate_limit_a_key_gets_429_with_retry_after(
         assert sdk(asgi_server, keys.alpha).models.list().data  # another key has its own budget
     finally:
         _throttle_redis().delete(counter)
+
+
+def test_a_stream_broken_after_the_first_token_ends_with_an_error_event(
+    asgi_server: LiveServer, keys: Keys, alpha_openai: FakeOpenAI
+) -> None:
+    alpha_openai.script(Reply(text="This answer is cut off in the middle.", chunk_size=3, cut_after_events=4))
+    stream = sdk(asgi_server, keys.alpha).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Tell me something."}],
+        stream=True,
+        extra_headers={"Cache-Control": "no-store"},
+    )
+    received: list[str] = []
+
+    def read_all() -> None:
+        for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+
+    with pytest.raises(openai.APIError) as broken:
+        read_all()
+    assert "".join(received).startswith("This")  # what came before the break was delivered
+    assert str(broken.value.code).startswith("provider_")
+    assert len(alpha_openai.chat_requests) == 1  # no failover once the answer has started
