@@ -2,6 +2,7 @@
 order waiting calls; per-organization limits hold."""
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -9,10 +10,28 @@ from asgiref.sync import async_to_sync
 from apps.llm.gateway import gateway
 from apps.llm.queue import FairQueue
 from apps.llm.types import CallContext
+from tests.conftest import World
 from tests.fakes.llm_fake import Reply
+from tests.fakes.openai_server import FakeOpenAI
 from tests.llm.gateway_helpers import ask, sent_messages
 
 pytestmark = pytest.mark.django_db
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("gave up waiting")
+        await asyncio.sleep(0.005)
+
+
+async def openai_queue(world: World, fake: FakeOpenAI) -> FairQueue:
+    """The fake's queue in this event loop, with the organizations' settings loaded first
+    (so calls reach the queue in the order they start)."""
+    for organization in (world.alpha, world.beta):
+        await gateway().models(organization_id=organization.pk)
+    return gateway().queues.get(f"openai:{fake.base_url}", provider_kind="openai")
 
 
 def test_a_burst_from_one_organization_does_not_starve_another(world, openai_platform, settings):
@@ -20,13 +39,14 @@ def test_a_burst_from_one_organization_does_not_starve_another(world, openai_pla
     openai_platform.default = Reply.slow(0.15)
 
     async def scenario() -> None:
+        queue = await openai_queue(world, openai_platform)
         alpha = CallContext(organization_id=world.alpha.pk, cache=False)
         beta = CallContext(organization_id=world.beta.pk, cache=False)
         burst = [
             asyncio.create_task(gateway().chat(ask("gpt-4o-mini", f"alpha {i}"), context=alpha))
             for i in range(6)
         ]
-        await asyncio.sleep(0.05)  # alpha's burst is queued first
+        await until(lambda: queue.waiting == 5)  # alpha's burst is queued first
         late = [
             asyncio.create_task(gateway().chat(ask("gpt-4o-mini", f"beta {i}"), context=beta))
             for i in range(2)
@@ -49,6 +69,7 @@ def test_interactive_calls_overtake_queued_batch_work(world, openai_platform, se
     openai_platform.default = Reply.slow(0.15)
 
     async def scenario() -> None:
+        queue = await openai_queue(world, openai_platform)
         batch = CallContext(organization_id=world.alpha.pk, cache=False, priority="batch")
         agent = CallContext(organization_id=world.alpha.pk, cache=False, priority="agent")
         person = CallContext(organization_id=world.alpha.pk, cache=False, priority="interactive")
@@ -56,9 +77,9 @@ def test_interactive_calls_overtake_queued_batch_work(world, openai_platform, se
             asyncio.create_task(gateway().chat(ask("gpt-4o-mini", f"batch {i}"), context=batch))
             for i in range(4)
         ]
-        await asyncio.sleep(0.05)
+        await until(lambda: queue.waiting == 3)
         tasks.append(asyncio.create_task(gateway().chat(ask("gpt-4o-mini", "agent"), context=agent)))
-        await asyncio.sleep(0.01)
+        await until(lambda: queue.waiting == 4)
         tasks.append(asyncio.create_task(gateway().chat(ask("gpt-4o-mini", "person"), context=person)))
         await asyncio.gather(*tasks)
 
@@ -123,6 +144,7 @@ def test_a_stream_holds_its_slot_until_it_ends(world, openai_platform, settings)
     openai_platform.script(Reply(text="a slow streamed answer", chunk_delay=0.05), Reply(text="quick"))
 
     async def scenario() -> tuple[float, float]:
+        await openai_queue(world, openai_platform)
         loop = asyncio.get_running_loop()
 
         async def read_stream() -> float:
@@ -132,7 +154,7 @@ def test_a_stream_holds_its_slot_until_it_ends(world, openai_platform, settings)
             return loop.time()
 
         async def quick_chat() -> float:
-            await asyncio.sleep(0.1)  # the stream is under way
+            await until(lambda: len(openai_platform.chat_requests) == 1)  # the stream is under way
             await gateway().chat(
                 ask("gpt-4o-mini", "chat"), context=CallContext(organization_id=world.beta.pk)
             )
