@@ -19,6 +19,7 @@ from django.test import Client
 from apps.core.api import _throttle_redis
 from apps.llm import selectors
 from apps.llm.credentials import api_key_encrypt
+from apps.llm.metering import meter
 from apps.llm.models import Budget, LlmModel, ModelAccess, ProviderCredential, UsageDaily, UsageHourly
 from apps.tenancy import identity
 from apps.tenancy.audit import Actor
@@ -561,3 +562,29 @@ def test_a_stream_broken_after_the_first_token_ends_with_an_error_event(
     assert "".join(received).startswith("This")  # what came before the break was delivered
     assert str(broken.value.code).startswith("provider_")
     assert len(alpha_openai.chat_requests) == 1  # no failover once the answer has started
+
+
+def test_calls_through_the_endpoint_show_in_the_organizations_usage(
+    asgi_server: LiveServer, keys: Keys, alpha_openai: FakeOpenAI, live_db: World
+) -> None:
+    alpha_openai.script(Reply(text="metered", usage=(40, 10, 0)))
+    sdk(asgi_server, keys.alpha).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "count me"}],
+        extra_headers={"Cache-Control": "no-store"},
+    )
+    meter().flush()
+    key = ApiKey.objects.get(prefix=keys.alpha.split("_")[1])
+    owner = Client(HTTP_HOST=host(live_db.alpha))
+    owner.force_login(live_db.alice)
+    usage = owner.get("/api/v1/llm/usage?days=1").json()
+    mine = [row for row in usage["rows"] if row["api_key_id"] == key.pk]
+    assert [(row["model"], row["requests"], row["input_tokens"], row["output_tokens"]) for row in mine] == [
+        ("gpt-4o-mini", 1, 40, 10)
+    ]
+    assert Decimal(mine[0]["cost_usd"]) > 0
+    beta_owner = Client(HTTP_HOST=host(live_db.beta))
+    beta_owner.force_login(live_db.bob)
+    assert all(
+        row["api_key_id"] != key.pk for row in beta_owner.get("/api/v1/llm/usage?days=1").json()["rows"]
+    )
