@@ -197,6 +197,22 @@ def test_a_tool_schema_the_grammar_cannot_express_is_refused_with_a_clear_error(
     assert "schema" in caught.value.message
 
 
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"type": "object", "properties": {"x": {"enum": []}}, "required": ["x"]},
+        {"type": "object", "properties": {"x": {"type": "string", "pattern": "^\\$"}}, "required": ["x"]},
+    ],
+)
+def test_a_tool_schema_whose_grammar_llama_cpp_would_reject_is_refused_and_the_process_lives_on(parameters):
+    # llama-cpp-python would crash the process on such a grammar; it never gets one.
+    tool = Tool(name="odd", description="", parameters=parameters)
+    with pytest.raises(InvalidProviderRequest) as caught:
+        run(local().chat(ask("Hi", tools=(tool,), tool_choice="odd")))
+    assert "grammar" in caught.value.message
+    assert run(local().chat(ask("Say yes.", max_tokens=3))).message.content
+
+
 def test_a_tool_choice_that_names_no_tool_is_refused():
     with pytest.raises(InvalidProviderRequest) as caught:
         run(local().chat(ask("Hi", tools=(WEATHER,), tool_choice="get_time")))

@@ -408,7 +408,7 @@ def _grammar_text(tools_json: str, tool_choice: str | None, reply_schema_json: s
     return rules + "\nroot ::= " + " | ".join(alternatives) + "\n"
 
 
-def _grammar(request: ChatRequest, tools: tuple[Tool, ...]) -> LlamaGrammar | None:
+def _grammar(request: ChatRequest, tools: tuple[Tool, ...]) -> str | None:
     reply_schema: dict[str, Any] | None = None
     if request.response_format == "json":
         reply_schema = request.json_schema or {"type": "object"}
@@ -432,6 +432,30 @@ def _grammar(request: ChatRequest, tools: tuple[Tool, ...]) -> LlamaGrammar | No
         raise InvalidProviderRequest(
             f"{what} cannot be turned into a grammar for the local model: {error}", provider="local"
         ) from None
+    return text
+
+
+_parsed_grammars: set[str] = set()
+
+
+def _parsed_grammar(llama: Llama, text: str, tools: tuple[Tool, ...]) -> LlamaGrammar:
+    """The grammar, once llama.cpp's own parser has accepted it. The schema converter can
+    write grammars that parser rejects (an empty enum, some patterns), and llama-cpp-python
+    would then use the null sampler it gets back and crash the process."""
+    if text not in _parsed_grammars:
+        vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, text.encode(), b"root")
+        if not sampler:
+            what = "a tool's parameter schema" if tools else "the JSON schema"
+            raise InvalidProviderRequest(
+                f"{what} gives a grammar the local model cannot use (an empty enum or anyOf, or an"
+                f" unsupported pattern?)",
+                provider="local",
+            )
+        llama_cpp.llama_sampler_free(sampler)
+        if len(_parsed_grammars) > 1024:
+            _parsed_grammars.clear()
+        _parsed_grammars.add(text)
     return LlamaGrammar.from_string(text, verbose=False)
 
 
@@ -439,7 +463,7 @@ def _grammar(request: ChatRequest, tools: tuple[Tool, ...]) -> LlamaGrammar | No
 class _Prepared:
     messages: list[dict[str, Any]]
     tools: tuple[Tool, ...]
-    grammar: LlamaGrammar | None
+    grammar: str | None  # GBNF text
 
 
 def _prepare(request: ChatRequest) -> _Prepared:
@@ -456,7 +480,6 @@ def _completion_kwargs(request: ChatRequest, prepared: _Prepared) -> dict[str, A
         "temperature": DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
         "max_tokens": request.max_tokens,
         "stop": list(request.stop),
-        "grammar": prepared.grammar,
     }
     if request.top_p is not None:
         kwargs["top_p"] = request.top_p
@@ -526,12 +549,15 @@ class LocalProvider(Provider):
         model = self.model
         self._check_window(model, request, prepared)
         llama = model.llama()
+        grammar = _parsed_grammar(llama, prepared.grammar, prepared.tools) if prepared.grammar else None
         watch = _GenerationWatch(cancel)
         llama.watch = watch
         try:
             chunks = cast(
                 Iterator[dict[str, Any]],
-                llama.create_chat_completion(**_completion_kwargs(request, prepared), stream=True),
+                llama.create_chat_completion(
+                    **_completion_kwargs(request, prepared), grammar=grammar, stream=True
+                ),
             )
             parts: list[str] = []
             finish: str | None = None
