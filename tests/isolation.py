@@ -113,6 +113,7 @@ SAMPLE_VALUES: dict[str, Callable[[World], Any]] = {
     "prompt_id": _alpha_prompt,
     "prompt_version": _alpha_prompt_version,
     "model_id": _catalog_model,
+    "endpoint": lambda world: "responses",  # /v1/<path:endpoint>: APIs the OpenAI endpoint lacks
 }
 
 REFUSED = {400, 401, 403, 404, 405}

@@ -819,3 +819,13 @@ async def model_detail(request: HttpRequest, model_id: str) -> HttpResponseBase:
         "model_not_found",
         "model",
     )
+
+
+@_endpoint
+async def unknown_endpoint(request: HttpRequest, endpoint: str) -> HttpResponseBase:
+    """OpenAI clients reaching for an API we do not serve get OpenAI's 404, not a web page."""
+    return openai_error(
+        404,
+        f"This server does not serve /v1/{endpoint}; it serves chat/completions, embeddings and models.",
+        "unknown_endpoint",
+    )

@@ -10,4 +10,5 @@ urlpatterns = [
     path("embeddings", openai_compat.embeddings, name="openai-embeddings"),
     path("models", openai_compat.models, name="openai-models"),
     path("models/<str:model_id>", openai_compat.model_detail, name="openai-model"),
+    path("<path:endpoint>", openai_compat.unknown_endpoint, name="openai-unknown"),
 ]

@@ -322,6 +322,13 @@ def test_embeddings_in_both_encodings(asgi_server: LiveServer, keys: Keys, alpha
     assert alpha_openai.requests_to("/embeddings")[-1].json["input"] == ["first", "second"]
 
 
+def test_an_api_we_do_not_serve_is_openais_404(asgi_server: LiveServer, keys: Keys) -> None:
+    status, headers, body = raw_request(asgi_server, "POST", "/v1/responses", keys.alpha, "{}")
+    assert status == 404
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["code"] == "unknown_endpoint"
+
+
 def test_a_bad_key_is_401_in_openais_error_shape(asgi_server: LiveServer, keys: Keys) -> None:
     for bad in ("sk-not-ours", "ayk_abc123abc123_wrong"):
         with pytest.raises(openai.AuthenticationError) as refused:
