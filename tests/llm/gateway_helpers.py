@@ -8,6 +8,7 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from apps.llm.gateway import gateway, gateway_reset
+from apps.llm.providers.registry import provider_kinds
 from apps.llm.types import CallContext, ChatRequest, ChatResponse, Message, StreamChunk
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -22,6 +23,7 @@ def openai_platform(settings: Any, openai_fake: FakeOpenAI) -> FakeOpenAI:
     settings.LLM_RETRY_BASE_SECONDS = 0.01
     settings.LLM_RETRY_CAP_SECONDS = 0.05
     gateway_reset()
+    provider_kinds()  # the SDKs are imported now, not inside a test's timed call
     return openai_fake
 
 

@@ -78,8 +78,8 @@ def test_the_organizations_fallback_chain_replaces_the_catalogs(world, openai_pl
 
 
 def test_a_slow_provider_times_out_and_the_retry_answers(world, openai_platform, settings):
-    settings.LLM_TIMEOUT_SECONDS = 0.5
-    openai_platform.script(Reply.slow(3, text="too late"), Reply(text="in time"))
+    settings.LLM_TIMEOUT_SECONDS = 1.5
+    openai_platform.script(Reply.slow(5, text="too late"), Reply(text="in time"))
     response = chat(ask("gpt-4o-mini"), CallContext(organization_id=world.alpha.pk))
     assert response.message.content == "in time"
     assert [a["outcome"] for a in response.route["attempts"]] == ["provider_timeout", "ok"]
@@ -243,14 +243,14 @@ def test_a_half_open_trial_whose_caller_gives_up_lets_the_next_call_try(world, o
     settings.LLM_BREAKER_COOLDOWN_SECONDS = 0.3
     no_fallbacks(world)
     context = CallContext(organization_id=world.alpha.pk, cache=False)
-    openai_platform.script(Reply.error(500, "down"), Reply.slow(2, text="too slow"), Reply(text="back"))
+    openai_platform.script(Reply.error(500, "down"), Reply.slow(5, text="too slow"), Reply(text="back"))
     with pytest.raises(ProviderFailed):
         chat(ask("gpt-4o-mini"), context)
     time.sleep(0.4)
 
     async def give_up() -> None:
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(gateway().chat(ask("gpt-4o-mini"), context=context), timeout=0.2)
+            await asyncio.wait_for(gateway().chat(ask("gpt-4o-mini"), context=context), timeout=1)
 
     async_to_sync(give_up)()
     assert chat(ask("gpt-4o-mini"), context).message.content == "back"
