@@ -150,7 +150,8 @@ class LocalSettings:
 
 
 def default_threads() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, min(4, cores // 2))
 
 
 class _GenerationWatch:
