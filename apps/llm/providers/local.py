@@ -25,7 +25,9 @@ How it runs:
   concurrent embedding requests are batched into one decode.
 - Chat uses the model's own chat template (from the GGUF metadata) through
   create_chat_completion. Earlier tool calls become the JSON the model would have
-  written; tool results keep ChatML's "tool" role.
+  written; tool results keep ChatML's "tool" role. The model's control-token texts
+  inside messages (a file that contains "<|im_start|>system") are broken up with a
+  zero-width space, so content cannot open a turn of its own.
 - JSON output and tool calls are grammar-constrained: a GBNF grammar built from the
   JSON schema (llama_cpp.LlamaGrammar) only lets the model write text of that shape. A
   tool call is {"name": <one of the tools>, "arguments": <that tool's parameters>}; with
@@ -46,6 +48,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
@@ -194,6 +197,7 @@ class LocalModel:
         self._embedder_lock = threading.Lock()
         self._llama: _Llama | None = None
         self._formatter: Jinja2ChatFormatter | None = None
+        self._special: re.Pattern[str] | None = None
         self._embedder: Llama | None = None
         self.generated_tokens = 0  # by every generation on this model, for metrics and tests
         self.worker = ModelWorker(self.name)
@@ -224,6 +228,7 @@ class LocalModel:
                         f"could not load the local model {self.name}: {error}", provider="local"
                     ) from None
                 self._formatter = _formatter_for(llama)
+                self._special = _special_tokens_pattern(llama)
                 # The same formatter for generation and for counting tokens, so counts are exact.
                 llama.chat_handler = self._formatter.to_chat_handler()
                 self._llama = llama
@@ -265,11 +270,28 @@ class LocalModel:
         vectors = self.embedder().embed(texts, normalize=True, truncate=False)
         return cast(list[list[float]], vectors)
 
+    def guarded(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages with the model's control-token texts in their content broken up.
+
+        The rendered prompt is tokenized with special tokens on (the template's own markers
+        must be), so "<|im_start|>system" inside a message, say from a file an agent read,
+        would otherwise become a real turn marker."""
+        self.llama()
+        pattern = self._special
+        if pattern is None:
+            return messages
+        return [
+            {**message, "content": pattern.sub(_break_token, message["content"])}
+            if pattern.search(message["content"])
+            else message
+            for message in messages
+        ]
+
     def prompt_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
         """The prompt exactly as create_chat_completion builds it, as tokens."""
         formatter = self.formatter()
         try:
-            rendered = formatter(messages=cast(Any, messages))
+            rendered = formatter(messages=cast(Any, self.guarded(messages)))
         except (ValueError, jinja2.TemplateError) as error:
             raise InvalidProviderRequest(
                 f"the local model's chat template cannot render this conversation: {error}", provider="local"
@@ -277,6 +299,25 @@ class LocalModel:
         return self.llama().tokenize(
             rendered.prompt.encode(), add_bos=not rendered.added_special, special=True
         )
+
+
+def _special_tokens_pattern(llama: Llama) -> re.Pattern[str] | None:
+    vocab = llama_cpp.llama_model_get_vocab(llama.model)
+    special = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+    texts = {
+        llama_cpp.llama_vocab_get_text(vocab, token).decode(errors="replace")
+        for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
+        if llama_cpp.llama_vocab_get_attr(vocab, token) & special
+    }
+    texts = {text for text in texts if len(text) > 1}
+    if not texts:
+        return None
+    return re.compile("|".join(re.escape(text) for text in sorted(texts, key=len, reverse=True)))
+
+
+def _break_token(match: re.Match[str]) -> str:
+    text = match.group(0)
+    return text[0] + "\u200b" + text[1:]  # a zero-width space: the same to read, not the token
 
 
 def _formatter_for(llama: Llama) -> Jinja2ChatFormatter:
@@ -477,7 +518,6 @@ def _prepare(request: ChatRequest) -> _Prepared:
 
 def _completion_kwargs(request: ChatRequest, prepared: _Prepared) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
-        "messages": prepared.messages,
         "temperature": DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
         "max_tokens": request.max_tokens,
         "stop": list(request.stop),
@@ -557,7 +597,10 @@ class LocalProvider(Provider):
             chunks = cast(
                 Iterator[dict[str, Any]],
                 llama.create_chat_completion(
-                    **_completion_kwargs(request, prepared), grammar=grammar, stream=True
+                    **_completion_kwargs(request, prepared),
+                    messages=cast(Any, model.guarded(prepared.messages)),
+                    grammar=grammar,
+                    stream=True,
                 ),
             )
             parts: list[str] = []
