@@ -16,4 +16,5 @@ urlpatterns = [
     path("", include("apps.tenancy.urls_sso_pages")),
     path("", include("apps.workspaces.urls_pages")),
     path("", include("apps.prompts.urls_pages")),
+    path("", include("apps.llm.urls_pages")),
 ]
