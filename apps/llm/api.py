@@ -10,8 +10,6 @@ would not say whose it is."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from decimal import Decimal
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
@@ -21,11 +19,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.models import User
 from apps.core.errors import Invalid
 from apps.llm import selectors, services
-from apps.llm.models import ProviderCredential
-from apps.llm.providers.registry import provider_kinds
 from apps.tenancy.api import StrictSerializer
 from apps.tenancy.audit import Actor
 from apps.tenancy.models import Organization
@@ -82,24 +77,14 @@ class ModelsPatchIn(StrictSerializer):
     )
 
 
-def _models(organization: Organization) -> list[dict[str, Any]]:
-    catalog = selectors.catalog_models()
-    config = selectors.organization_config(organization_id=organization.pk, fresh=True)
-    rows = []
-    for model in catalog.values():
-        entry = model.as_dict(enabled=config.enabled(model))
-        credential = config.credential(model.provider)
-        entry["key_source"] = credential.source if credential is not None else "missing"
-        rows.append(entry)
-    return rows
-
-
 class ModelList(APIView):
     actions = {"GET": "llm.view", "PATCH": "llm.manage"}
 
     @extend_schema(responses=ModelOut(many=True), operation_id="llm_models_list")
     def get(self, request: Request) -> Response:
-        return Response(ModelOut(_models(_tenant(request)), many=True).data)
+        return Response(
+            ModelOut(selectors.organization_models(organization=_tenant(request)), many=True).data
+        )
 
     @extend_schema(
         request=ModelsPatchIn,
@@ -118,7 +103,7 @@ class ModelList(APIView):
             services.model_access_set(
                 organization=organization, model_name=name, enabled=enabled, actor=_actor(request)
             )
-        return Response(ModelOut(_models(organization), many=True).data)
+        return Response(ModelOut(selectors.organization_models(organization=organization), many=True).data)
 
 
 # Credentials --------------------------------------------------------------------------------------
@@ -150,32 +135,14 @@ class CredentialDeleteQuery(StrictSerializer):
     provider = serializers.CharField(max_length=50)
 
 
-def _credentials(organization: Organization) -> list[dict[str, Any]]:
-    config = selectors.organization_config(organization_id=organization.pk, fresh=True)
-    own = {row.provider: row for row in ProviderCredential.objects.filter(organization=organization)}
-    rows = []
-    catalog_providers = {model.provider for model in selectors.catalog_models().values()}
-    for provider in sorted(set(provider_kinds()) | catalog_providers):
-        row = own.get(provider)
-        resolved = config.credential(provider)
-        rows.append(
-            {
-                "provider": provider,
-                "key_source": resolved.source if resolved is not None else "missing",
-                "api_key_hint": row.api_key_hint if row else "",
-                "base_url": row.base_url if row else "",
-                "updated_at": row.updated_at if row else None,
-            }
-        )
-    return rows
-
-
 class CredentialList(APIView):
     actions = {"GET": "llm.usage", "POST": "llm.manage", "DELETE": "llm.manage"}
 
     @extend_schema(responses=CredentialOut(many=True), operation_id="llm_credentials_list")
     def get(self, request: Request) -> Response:
-        return Response(CredentialOut(_credentials(_tenant(request)), many=True).data)
+        return Response(
+            CredentialOut(selectors.organization_credentials(organization=_tenant(request)), many=True).data
+        )
 
     @extend_schema(
         request=CredentialIn,
@@ -192,7 +159,9 @@ class CredentialList(APIView):
         data.is_valid(raise_exception=True)
         organization = _tenant(request)
         services.credential_set(organization=organization, actor=_actor(request), **data.validated_data)
-        return Response(CredentialOut(_credentials(organization), many=True).data)
+        return Response(
+            CredentialOut(selectors.organization_credentials(organization=organization), many=True).data
+        )
 
     @extend_schema(
         parameters=[OpenApiParameter("provider", OpenApiTypes.STR, required=True)],
@@ -211,7 +180,9 @@ class CredentialList(APIView):
         services.credential_delete(
             organization=organization, provider=query.validated_data["provider"], actor=_actor(request)
         )
-        return Response(CredentialOut(_credentials(organization), many=True).data)
+        return Response(
+            CredentialOut(selectors.organization_credentials(organization=organization), many=True).data
+        )
 
 
 # Usage --------------------------------------------------------------------------------------------
@@ -261,64 +232,6 @@ class UsageOut(serializers.Serializer[Any]):
     rows = UsageRow(many=True, help_text="Per day, model, person and API key.")
 
 
-COUNTERS = ("requests", "cache_hits", "failures", "input_tokens", "output_tokens", "cached_tokens")
-
-
-def _zero() -> dict[str, Any]:
-    return {**dict.fromkeys(COUNTERS, 0), "cost_usd": Decimal(0)}
-
-
-def _add(total: dict[str, Any], row: dict[str, Any]) -> None:
-    for name in COUNTERS:
-        total[name] += int(row.get(name) or 0)
-    total["cost_usd"] += Decimal(row.get("cost_usd") or 0)
-
-
-def usage_summary(*, organization: Organization, days: int) -> dict[str, Any]:
-    rows = selectors.usage_by_day(organization_id=organization.pk, days=days)
-    total = _zero()
-    by_day: dict[Any, dict[str, Any]] = defaultdict(_zero)
-    by_model: dict[str, dict[str, Any]] = defaultdict(_zero)
-    by_user: dict[tuple[int, int], dict[str, Any]] = defaultdict(_zero)
-    for row in rows:
-        _add(total, row)
-        _add(by_day[row["day"]], row)
-        _add(by_model[row["model"]], row)
-        _add(by_user[(int(row["user_id"] or 0), int(row["api_key_id"] or 0))], row)
-    user_ids = {user_id for user_id, _ in by_user if user_id}
-    emails = dict(User.objects.filter(pk__in=user_ids).values_list("pk", "email")) if user_ids else {}
-    return {
-        "days": days,
-        "total": total,
-        "by_day": [{"day": day, **values} for day, values in sorted(by_day.items())],
-        "by_model": [
-            {"model": model, **values}
-            for model, values in sorted(by_model.items(), key=lambda item: -item[1]["cost_usd"])
-        ],
-        "by_user": [
-            {
-                "user_id": user_id or None,
-                "email": emails.get(user_id, ""),
-                "api_key_id": api_key_id or None,
-                **values,
-            }
-            for (user_id, api_key_id), values in sorted(
-                by_user.items(), key=lambda item: -item[1]["cost_usd"]
-            )
-        ],
-        "rows": [
-            {
-                **row,
-                "user_id": row["user_id"] or None,
-                "api_key_id": row["api_key_id"] or None,
-                **{name: int(row.get(name) or 0) for name in COUNTERS},
-                "cost_usd": Decimal(row.get("cost_usd") or 0),
-            }
-            for row in rows
-        ],
-    }
-
-
 class UsageView(APIView):
     actions = {"GET": "llm.usage"}
 
@@ -332,5 +245,5 @@ class UsageView(APIView):
     def get(self, request: Request) -> Response:
         query = UsageQuery(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
-        summary = usage_summary(organization=_tenant(request), days=query.validated_data["days"])
+        summary = selectors.usage_summary(organization=_tenant(request), days=query.validated_data["days"])
         return Response(UsageOut(summary).data)

@@ -26,8 +26,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.core.errors import ServiceError
-from apps.llm import services
-from apps.llm.api import _credentials, _models, usage_summary
+from apps.llm import selectors, services
 from apps.llm.credentials import BASE_URL_REQUIRED, KEYLESS_PROVIDERS
 from apps.llm.forms import (
     USAGE_DAYS,
@@ -92,7 +91,7 @@ def _models_page(
     request: HttpRequest, *, status: int = 200, switch_form: ModelSwitchForm | None = None
 ) -> HttpResponse:
     rows = []
-    for entry in _models(_organization(request)):
+    for entry in selectors.organization_models(organization=_organization(request)):
         prices = entry["prices"]
         rows.append(
             {
@@ -150,7 +149,7 @@ def _credentials_page(
     form: CredentialForm | None = None,
     delete_form: CredentialDeleteForm | None = None,
 ) -> HttpResponse:
-    rows = _credentials(_organization(request))
+    rows = selectors.organization_credentials(organization=_organization(request))
     for row in rows:
         row["key_source_label"] = KEY_SOURCES.get(row["key_source"], row["key_source"])
         row["keyless"] = row["provider"] in KEYLESS_PROVIDERS
@@ -173,7 +172,7 @@ def _credentials_page(
 def _settable_providers(request: HttpRequest) -> list[str]:
     return [
         row["provider"]
-        for row in _credentials(_organization(request))
+        for row in selectors.organization_credentials(organization=_organization(request))
         if row["provider"] not in KEYLESS_PROVIDERS
     ]
 
@@ -284,7 +283,7 @@ def _metric_label(value: Decimal, metric: str) -> str:
 def usage_chart(summary: dict[str, Any], *, days: int, metric: str, today: date | None = None) -> Chart:
     """Stacked bars, one a day since the first day the usage covers, one colour a model."""
     today = today or timezone.now().date()
-    first = today - timedelta(days=days)  # the same window as selectors.usage_by_day
+    first = today - timedelta(days=days - 1)  # the same window as selectors.usage_by_day
     calendar = [first + timedelta(days=offset) for offset in range((today - first).days + 1)]
     models = [row["model"] for row in summary["by_model"]]
     colors = {model: PALETTE[index % len(PALETTE)] for index, model in enumerate(models)}
@@ -387,7 +386,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
         }
         return render(request, "llm/usage.html", context, status=400)
     days, metric = form.cleaned_data["days"], form.cleaned_data["metric"]
-    summary = usage_summary(organization=organization, days=days)
+    summary = selectors.usage_summary(organization=organization, days=days)
     key_ids = {row["api_key_id"] for row in summary["by_user"] if row["api_key_id"]}
     keys = {
         key.pk: key

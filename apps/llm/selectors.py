@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -19,6 +20,7 @@ from django.conf import settings
 from django.db.models import Sum
 from django.utils import timezone
 
+from apps.accounts.models import User
 from apps.llm.credentials import (
     BASE_URL_REQUIRED,
     KEYLESS_PROVIDERS,
@@ -27,6 +29,8 @@ from apps.llm.credentials import (
     platform_credential,
 )
 from apps.llm.models import Budget, LlmModel, ModelAccess, ProviderCredential, RoutingPolicy, UsageDaily
+from apps.llm.providers.registry import provider_kinds
+from apps.tenancy.models import Organization
 
 
 @dataclass(frozen=True)
@@ -250,7 +254,7 @@ def budget_spent(*, organization_id: int, budget: BudgetInfo) -> float:
 
 def usage_by_day(*, organization_id: int, days: int = 30) -> list[dict[str, Any]]:
     """Daily totals per model and user for the organization's usage page and API."""
-    since = (timezone.now() - timedelta(days=days)).date()
+    since = (timezone.now() - timedelta(days=days - 1)).date()  # today and the days-1 before
     rows = (
         UsageDaily.objects.filter(organization_id=organization_id, day__gte=since)
         .values("day", "model", "user_id", "api_key_id")
@@ -266,3 +270,96 @@ def usage_by_day(*, organization_id: int, days: int = 30) -> list[dict[str, Any]
         .order_by("day", "model")
     )
     return list(rows)
+
+
+# -- what the API and the pages show an organization ----------------------------------------
+
+
+def organization_models(*, organization: Organization) -> list[dict[str, Any]]:
+    catalog = catalog_models()
+    config = organization_config(organization_id=organization.pk, fresh=True)
+    rows = []
+    for model in catalog.values():
+        entry = model.as_dict(enabled=config.enabled(model))
+        credential = config.credential(model.provider)
+        entry["key_source"] = credential.source if credential is not None else "missing"
+        rows.append(entry)
+    return rows
+
+
+def organization_credentials(*, organization: Organization) -> list[dict[str, Any]]:
+    config = organization_config(organization_id=organization.pk, fresh=True)
+    own = {row.provider: row for row in ProviderCredential.objects.filter(organization=organization)}
+    rows = []
+    catalog_providers = {model.provider for model in catalog_models().values()}
+    for provider in sorted(set(provider_kinds()) | catalog_providers):
+        row = own.get(provider)
+        resolved = config.credential(provider)
+        rows.append(
+            {
+                "provider": provider,
+                "key_source": resolved.source if resolved is not None else "missing",
+                "api_key_hint": row.api_key_hint if row else "",
+                "base_url": row.base_url if row else "",
+                "updated_at": row.updated_at if row else None,
+            }
+        )
+    return rows
+
+
+COUNTERS = ("requests", "cache_hits", "failures", "input_tokens", "output_tokens", "cached_tokens")
+
+
+def _zero() -> dict[str, Any]:
+    return {**dict.fromkeys(COUNTERS, 0), "cost_usd": Decimal(0)}
+
+
+def _add(total: dict[str, Any], row: dict[str, Any]) -> None:
+    for name in COUNTERS:
+        total[name] += int(row.get(name) or 0)
+    total["cost_usd"] += Decimal(row.get("cost_usd") or 0)
+
+
+def usage_summary(*, organization: Organization, days: int) -> dict[str, Any]:
+    rows = usage_by_day(organization_id=organization.pk, days=days)
+    total = _zero()
+    by_day: dict[Any, dict[str, Any]] = defaultdict(_zero)
+    by_model: dict[str, dict[str, Any]] = defaultdict(_zero)
+    by_user: dict[tuple[int, int], dict[str, Any]] = defaultdict(_zero)
+    for row in rows:
+        _add(total, row)
+        _add(by_day[row["day"]], row)
+        _add(by_model[row["model"]], row)
+        _add(by_user[(int(row["user_id"] or 0), int(row["api_key_id"] or 0))], row)
+    user_ids = {user_id for user_id, _ in by_user if user_id}
+    emails = dict(User.objects.filter(pk__in=user_ids).values_list("pk", "email")) if user_ids else {}
+    return {
+        "days": days,
+        "total": total,
+        "by_day": [{"day": day, **values} for day, values in sorted(by_day.items())],
+        "by_model": [
+            {"model": model, **values}
+            for model, values in sorted(by_model.items(), key=lambda item: -item[1]["cost_usd"])
+        ],
+        "by_user": [
+            {
+                "user_id": user_id or None,
+                "email": emails.get(user_id, ""),
+                "api_key_id": api_key_id or None,
+                **values,
+            }
+            for (user_id, api_key_id), values in sorted(
+                by_user.items(), key=lambda item: -item[1]["cost_usd"]
+            )
+        ],
+        "rows": [
+            {
+                **row,
+                "user_id": row["user_id"] or None,
+                "api_key_id": row["api_key_id"] or None,
+                **{name: int(row.get(name) or 0) for name in COUNTERS},
+                "cost_usd": Decimal(row.get("cost_usd") or 0),
+            }
+            for row in rows
+        ],
+    }
