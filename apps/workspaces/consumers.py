@@ -101,6 +101,10 @@ SESSION: Final = "main"
 MAX_INPUT_BYTES: Final = 64 * 1024
 MAX_ROWS: Final = 500
 MAX_COLS: Final = 1000
+# Below these, the screen was measured before the page was laid out: applied, bash redraws
+# its prompt over the line above once the real size comes (static/js/terminal.js agrees).
+MIN_ROWS: Final = 4
+MIN_COLS: Final = 20
 # At most one "refused" message a second: a follower typing gets told, not flooded.
 REFUSAL_INTERVAL_SECONDS: Final = 1.0
 STOP_SETTLE_SECONDS: Final = 3.0
@@ -162,12 +166,12 @@ def _runtime() -> AsyncRuntimeClient:
     return client
 
 
-def _size(query: dict[str, list[str]], name: str, default: int, most: int) -> int:
+def _size(query: dict[str, list[str]], name: str, default: int, least: int, most: int) -> int:
     try:
         value = int(query.get(name, [str(default)])[0])
     except ValueError:
         return default
-    return value if 1 <= value <= most else default
+    return value if least <= value <= most else default
 
 
 class TerminalConsumer(AsyncWebsocketConsumer):
@@ -219,8 +223,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.joined = True
         await self._announce_room()
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        rows = _size(query, "rows", 24, MAX_ROWS)
-        cols = _size(query, "cols", 80, MAX_COLS)
+        rows = _size(query, "rows", 24, MIN_ROWS, MAX_ROWS)
+        cols = _size(query, "cols", 80, MIN_COLS, MAX_COLS)
         self.stream = await _runtime().open_pty(
             tenant.schema_name, self.sandbox_id, SESSION, rows=rows, cols=cols, replay=True
         )
@@ -295,14 +299,16 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         if not (
             isinstance(rows, int)
             and isinstance(cols, int)
-            and 1 <= rows <= MAX_ROWS
-            and 1 <= cols <= MAX_COLS
+            and MIN_ROWS <= rows <= MAX_ROWS
+            and MIN_COLS <= cols <= MAX_COLS
         ):
             await self._send_json(
                 {
                     "type": "error",
                     "code": "invalid",
-                    "message": f"A resize needs whole rows (1-{MAX_ROWS}) and cols (1-{MAX_COLS}).",
+                    "message": (
+                        f"A resize needs whole rows ({MIN_ROWS}-{MAX_ROWS}) and cols ({MIN_COLS}-{MAX_COLS})."
+                    ),
                 }
             )
             return

@@ -36,7 +36,17 @@
     var fit = new window.FitAddon.FitAddon();
     term.loadAddon(fit);
     term.open(panel.querySelector("[data-terminal-screen]"));
-    fit.fit();
+    // A screen measured before the page is laid out (or while hidden) proposes a size of a
+    // few columns; sent to the shell, that makes bash redraw its prompt over the line above
+    // once the real size arrives. Such sizes are never applied or sent.
+    var MIN_COLS = 20;
+    var MIN_ROWS = 4;
+    function fitScreen() {
+      var size = fit.proposeDimensions();
+      if (!size || !(size.cols >= MIN_COLS) || !(size.rows >= MIN_ROWS)) return;
+      if (size.cols !== term.cols || size.rows !== term.rows) term.resize(size.cols, size.rows);
+    }
+    fitScreen();
 
     var encoder = new TextEncoder();
     var socket = null;
@@ -66,13 +76,14 @@
     }
 
     function sendSize() {
+      if (term.cols < MIN_COLS || term.rows < MIN_ROWS) return;
       send({ type: "resize", rows: term.rows, cols: term.cols });
     }
 
     // The driver's screen sets the size; followers show the shell at the driver's size.
     function applySize() {
       if (driving()) {
-        fit.fit();
+        fitScreen();
         sendSize();
       } else if (sharedSize) {
         term.resize(sharedSize.cols, sharedSize.rows);
@@ -217,7 +228,7 @@
       if (driving()) sendSize();
     });
     window.addEventListener("resize", function () {
-      if (driving()) fit.fit();
+      if (driving()) fitScreen();
     });
     takeButton.addEventListener("click", function () {
       send({ type: "take_control" });

@@ -197,6 +197,32 @@ def test_a_resize_reaches_the_shell(asgi_server: LiveServer, world: World, works
     assert alice.last("size") == {"type": "size", "rows": 33, "cols": 101}
 
 
+def test_a_size_too_small_to_be_a_real_screen_is_refused_and_not_applied(
+    asgi_server: LiveServer, world: World, workspace: Workspace
+) -> None:
+    """A page measured before layout proposes a few columns; applied, bash would redraw its
+    prompt over earlier output for everyone once the real size came."""
+    cookie = session_cookie_for(world.alice)
+
+    async def scenario() -> TerminalClient:
+        path = terminal_path(workspace, "?rows=30&cols=90")
+        async with ws_connect(asgi_server, world.alpha, path, cookie=cookie) as socket:
+            alice = await TerminalClient(socket).attached()
+            await alice.until_room(lambda room: room["driver"] == alice.me)
+            await alice.control(type="resize", rows=30, cols=5)
+            await alice.until_control("error")
+            await alice.type("stty size\r")
+            await alice.until_output("30 90")
+            return alice
+
+    alice = asyncio.run(scenario())
+    assert alice.last("error") == {
+        "type": "error",
+        "code": "invalid",
+        "message": "A resize needs whole rows (4-500) and cols (20-1000).",
+    }
+
+
 def test_a_reconnecting_page_gets_the_scrollback_once_and_the_same_shell(
     asgi_server: LiveServer, world: World, workspace: Workspace
 ) -> None:
@@ -519,5 +545,5 @@ def test_bad_control_messages_get_a_clear_error_and_the_terminal_stays(
     errors = [message for message in client.controls if message["type"] == "error"]
     assert {error["code"] for error in errors} == {"invalid"}
     assert errors[0]["message"] == "Expected a JSON object."
-    assert "rows (1-500)" in errors[1]["message"]
+    assert "rows (4-500)" in errors[1]["message"]
     assert errors[3]["message"] == "Unknown message type 'launch_missiles'."
