@@ -26,8 +26,11 @@ def browser() -> Iterator[Any]:
     this thread, which Django's async-safety check takes for async code, so the
     check is off only while a browser module runs (its tests call the ORM from
     the test itself); WebSocket tests elsewhere keep it on."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # As generous as the pages' own default: on a loaded 2-core CI machine a second browser's
+    # terminal can take more than expect's 5 s to render what it was sent.
+    expect.set_options(timeout=15_000)
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     try:
         with sync_playwright() as playwright:
