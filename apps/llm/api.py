@@ -120,6 +120,9 @@ class CredentialOut(serializers.Serializer[Any]):
         allow_blank=True, help_text="The last characters of the organization's own key; never the key."
     )
     base_url = serializers.CharField(allow_blank=True, help_text="The organization's own base URL, if any.")
+    options = serializers.DictField(
+        help_text="openai_compatible only: the server preset and overrides set with the key."
+    )
     updated_at = serializers.DateTimeField(allow_null=True)
 
 
@@ -129,6 +132,14 @@ class CredentialIn(StrictSerializer):
         max_length=1000, allow_blank=True, default="", trim_whitespace=True, write_only=True
     )
     base_url = serializers.CharField(max_length=500, allow_blank=True, default="")
+    options = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="openai_compatible only: how the server differs from OpenAI's API."
+        ' `server`: "vllm", "tgi", "llamacpp", "ollama", "tabbyapi" or "generic" (a preset of the'
+        ' rest); `tools`: "native" or "emulated"; `json`: "json_schema", "json_object", "tgi" or'
+        ' "prompt"; `stream_usage` and `embeddings`: true or false.',
+    )
 
 
 class CredentialDeleteQuery(StrictSerializer):

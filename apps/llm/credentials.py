@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
@@ -22,6 +23,10 @@ from apps.core.errors import Invalid
 KEYLESS_PROVIDERS = frozenset({"local"})
 # Provider kinds that need a base URL (there is no public endpoint to default to).
 BASE_URL_REQUIRED = frozenset({"openai_compatible"})
+# Provider kinds whose credentials carry options (ProviderConfig.options), and those options:
+# an OpenAI-compatible server's preset and per-option overrides (providers/openai_compatible.py).
+OPTION_PROVIDERS = frozenset({"openai_compatible"})
+COMPATIBLE_OPTIONS = ("server", "tools", "json", "stream_usage", "embeddings")
 # Provider kind -> the settings holding the platform default key and base URL.
 PLATFORM_SETTINGS = {
     "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL"),
@@ -36,6 +41,8 @@ class ResolvedCredential:
     api_key: str
     base_url: str
     source: str  # "organization", "platform" or "none" (a keyless provider)
+    # The provider's options (ProviderConfig.options), e.g. an openai_compatible server's preset.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def _fernet() -> Fernet:

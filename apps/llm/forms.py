@@ -6,6 +6,8 @@ from typing import Any
 
 from django import forms
 
+from apps.llm.providers.openai_compatible import OPTION_VALUES, SERVER_PRESETS
+
 USAGE_DAYS = (7, 30, 90)
 USAGE_METRICS = {"cost": "Cost (USD)", "requests": "Requests", "tokens": "Tokens (input + output)"}
 
@@ -38,11 +40,44 @@ class CredentialForm(forms.Form):
         " for the others only to go through a proxy.",
     )
 
+    # openai_compatible only: how the server differs from OpenAI's API.
+    server = forms.ChoiceField(
+        label="Server",
+        required=False,
+        choices=[("", "generic"), *((name, name) for name in SERVER_PRESETS if name != "generic")],
+        help_text="openai_compatible only: vLLM, TGI, llama.cpp, Ollama and TabbyAPI each copy"
+        " OpenAI's API a little differently; the choice sets the four options below.",
+    )
+    tools = forms.ChoiceField(
+        label="Tool calls",
+        required=False,
+        choices=[
+            ("", "the server's default"),
+            ("native", "native"),
+            ("emulated", "emulated (in the prompt)"),
+        ],
+    )
+    json = forms.ChoiceField(
+        label="JSON output",
+        required=False,
+        choices=[("", "the server's default"), *((name, name) for name in OPTION_VALUES["json"])],
+    )
+    stream_usage = forms.TypedChoiceField(
+        label="Reports usage when streaming",
+        required=False,
+        choices=[("", "the server's default"), ("1", "yes"), ("0", "no")],
+        coerce=lambda value: value == "1",
+        empty_value=None,
+    )
+
     def __init__(self, *args: Any, providers: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         widget = self.fields["provider"].widget
         assert isinstance(widget, forms.Select)
         widget.choices = [(name, name) for name in providers or []]
+
+    def options(self) -> dict[str, Any]:
+        return {name: self.cleaned_data.get(name) for name in ("server", "tools", "json", "stream_usage")}
 
 
 class CredentialDeleteForm(forms.Form):

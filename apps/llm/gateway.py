@@ -73,7 +73,7 @@ from apps.llm.types import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-ProviderKey = tuple[str, str, str, float]
+ProviderKey = tuple[str, str, str, float, tuple[tuple[str, Any], ...]]
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_EMBEDDING_INPUTS = 2048
 
@@ -211,12 +211,19 @@ class Gateway:
             api_key=credential.api_key if credential else "",
             base_url=credential.base_url if credential else "",
             timeout_seconds=self._timeout(),
+            options=credential.options if credential else {},
         )
 
     def _provider(self, config: ProviderConfig) -> Provider:
         loop = asyncio.get_running_loop()
         providers = self._providers.setdefault(loop, {})
-        key = (config.kind, config.api_key, config.base_url, config.timeout_seconds)
+        key = (
+            config.kind,
+            config.api_key,
+            config.base_url,
+            config.timeout_seconds,
+            tuple(sorted(config.options.items())),
+        )
         provider = providers.get(key)
         if provider is None:
             provider = providers[key] = make_provider(config)

@@ -74,6 +74,9 @@ class ProviderCredential(models.Model):
     api_key_encrypted = models.TextField(blank=True)
     api_key_hint = models.CharField(max_length=12, blank=True)  # the last characters, for the page
     base_url = models.URLField(max_length=500, blank=True)
+    # openai_compatible only: how this server differs from OpenAI's API (its `server`
+    # preset and per-option overrides; apps/llm/providers/openai_compatible.py).
+    options = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

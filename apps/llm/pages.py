@@ -155,6 +155,10 @@ def _credentials_page(
         row["keyless"] = row["provider"] in KEYLESS_PROVIDERS
         row["needs_base_url"] = row["provider"] in BASE_URL_REQUIRED
         row["own"] = bool(row["updated_at"])
+        row["options_text"] = ", ".join(
+            f"{name}: {'yes' if value is True else 'no' if value is False else value}"
+            for name, value in row["options"].items()
+        )
     settable = [row["provider"] for row in rows if not row["keyless"]]
     context = {
         "credentials": rows,
@@ -196,6 +200,7 @@ def credential_set_page(request: HttpRequest) -> HttpResponse:
             provider=provider,
             api_key=form.cleaned_data["api_key"],
             base_url=form.cleaned_data["base_url"],
+            options=form.options(),
             actor=Actor.from_request(request),
         )
     except ServiceError as exc:

@@ -175,6 +175,7 @@ def organization_config(*, organization_id: int, fresh: bool = False) -> Organiz
             api_key=api_key_decrypt(row.api_key_encrypted),
             base_url=row.base_url,
             source="organization",
+            options=dict(row.options or {}),
         )
         for row in ProviderCredential.objects.filter(organization_id=organization_id)
     }
@@ -301,6 +302,7 @@ def organization_credentials(*, organization: Organization) -> list[dict[str, An
                 "key_source": resolved.source if resolved is not None else "missing",
                 "api_key_hint": row.api_key_hint if row else "",
                 "base_url": row.base_url if row else "",
+                "options": dict(row.options or {}) if row else {},
                 "updated_at": row.updated_at if row else None,
             }
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from decimal import Decimal, InvalidOperation
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -15,8 +16,16 @@ from django.db import transaction
 from apps.core.errors import Invalid, NotFound
 from apps.llm import selectors
 from apps.llm.catalog import ALIASES, catalog_sync
-from apps.llm.credentials import BASE_URL_REQUIRED, KEYLESS_PROVIDERS, api_key_encrypt, api_key_hint
+from apps.llm.credentials import (
+    BASE_URL_REQUIRED,
+    COMPATIBLE_OPTIONS,
+    KEYLESS_PROVIDERS,
+    OPTION_PROVIDERS,
+    api_key_encrypt,
+    api_key_hint,
+)
 from apps.llm.models import Budget, LlmModel, ModelAccess, ProviderCredential, RoutingPolicy
+from apps.llm.providers.openai_compatible import resolve_options
 from apps.llm.providers.registry import provider_kinds
 from apps.tenancy.audit import Actor, audit_record
 from apps.tenancy.models import Organization
@@ -99,11 +108,43 @@ def _private_host(host: str) -> bool:
     return False
 
 
+def credential_options(provider: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options worth storing (unset ones dropped), or Invalid naming the bad one."""
+    given = {name: value for name, value in options.items() if value not in (None, "")}
+    if not given:
+        return {}
+    if provider not in OPTION_PROVIDERS:
+        raise Invalid(
+            f"Only {', '.join(sorted(OPTION_PROVIDERS))} takes options; {provider} has none.", field="options"
+        )
+    unknown = sorted(set(given) - set(COMPATIBLE_OPTIONS))
+    if unknown:
+        raise Invalid(
+            f"Unknown option {unknown[0]!r}; known: {', '.join(COMPATIBLE_OPTIONS)}.", field="options"
+        )
+    for name in ("stream_usage", "embeddings"):
+        if name in given and not isinstance(given[name], bool):
+            raise Invalid(f"Option {name} must be true or false.", field="options")
+    try:
+        resolve_options(given)
+    except ValueError as exc:
+        raise Invalid(f"{str(exc)[0].upper()}{str(exc)[1:]}.", field="options") from None
+    return given
+
+
 @transaction.atomic
 def credential_set(
-    *, organization: Organization, provider: str, api_key: str, base_url: str = "", actor: Actor
+    *,
+    organization: Organization,
+    provider: str,
+    api_key: str,
+    base_url: str = "",
+    options: dict[str, Any] | None = None,
+    actor: Actor,
 ) -> ProviderCredential:
-    """The organization's own key (and base URL) for a provider kind; replaces any earlier one."""
+    """The organization's own key (and base URL) for a provider kind; replaces any earlier one.
+    `options`: for openai_compatible only, how the server differs from OpenAI's API
+    (server preset, tools, json, stream_usage, embeddings; see credential_options)."""
     if provider not in provider_kinds():
         raise Invalid(
             f"Unknown provider {provider!r}; known: {', '.join(provider_kinds())}.", field="provider"
@@ -118,6 +159,7 @@ def credential_set(
         raise Invalid(f"The {provider} provider needs a base URL.", field="base_url")
     if len(api_key) > 1000:
         raise Invalid("The API key is too long.", field="api_key")
+    options = credential_options(provider, options or {})
     credential, _ = ProviderCredential.objects.update_or_create(
         organization=organization,
         provider=provider,
@@ -125,6 +167,7 @@ def credential_set(
             "api_key_encrypted": api_key_encrypt(api_key),
             "api_key_hint": api_key_hint(api_key),
             "base_url": base_url,
+            "options": options,
         },
     )
     audit_record(
@@ -132,7 +175,12 @@ def credential_set(
         organization=organization,
         action="llm.credential_set",
         target=credential,
-        after={"provider": provider, "base_url": base_url, "key": credential.api_key_hint or "(none)"},
+        after={
+            "provider": provider,
+            "base_url": base_url,
+            "key": credential.api_key_hint or "(none)",
+            **({"options": options} if options else {}),
+        },
     )
     _forget(organization.pk)
     return credential
