@@ -116,7 +116,20 @@ def estimate_text_tokens(text: str, family: Family | str = "openai") -> int:
     if not text:
         return 0
     chosen = FAMILIES[family] if isinstance(family, str) else family
-    return math.ceil(_raw_count(text, chosen) * chosen.factor)
+    # An agent resends its whole history each step: each text is counted once. The key
+    # holds the text's hash and length, not the text (a long history stays uncopied);
+    # a collision would only skew an estimate.
+    key = (hash(text), len(text), chosen.name)
+    count = _counted.get(key)
+    if count is None:
+        if len(_counted) >= _COUNTED_MAX:
+            _counted.clear()
+        count = _counted[key] = math.ceil(_raw_count(text, chosen) * chosen.factor)
+    return count
+
+
+_COUNTED_MAX = 16384
+_counted: dict[tuple[int, int, str], int] = {}
 
 
 def estimate_tool_tokens(tools: Iterable[Tool], family: Family | str = "openai") -> int:
