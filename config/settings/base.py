@@ -211,7 +211,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Authenticate with an API key (`Authorization: Bearer ayk_...`), which also selects its "
         "organization, or with a browser session on your organization's host (send the CSRF token "
-        'on unsafe methods). Errors are `{"error": {"code", "message", "fields"}}`.'
+        'on unsafe methods). Errors are `{"error": {"code", "message", "fields"}}`. The '
+        "OpenAI-compatible LLM endpoint, /v1/, has its own document: /v1/openapi.json."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
