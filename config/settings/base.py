@@ -92,6 +92,7 @@ TENANT_APPS = [
     "apps.notices",
     "apps.workspaces",
     "apps.prompts",
+    "apps.knowledge",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
@@ -386,3 +387,21 @@ LLM_LOCAL_MODEL_PATH = env_str("LLM_LOCAL_MODEL_PATH", "")
 LLM_LOCAL_N_CTX = env_int("LLM_LOCAL_N_CTX", 0)
 LLM_LOCAL_N_THREADS = env_int("LLM_LOCAL_N_THREADS", 0)
 # --- end of LLM gateway -------------------------------------------------------
+
+# --- Knowledge (apps/knowledge) -----------------------------------------------
+# The vector index: a Chroma server (HttpClient) when CHROMA_URL is set
+# (http://host:8000), else Chroma embedded in each process (PersistentClient) with
+# its files under KNOWLEDGE_CHROMA_PATH. One collection per organization either way.
+CHROMA_URL = env_str("CHROMA_URL", "")
+KNOWLEDGE_CHROMA_PATH = env_str("KNOWLEDGE_CHROMA_PATH", str(BASE_DIR / ".run" / "chroma"))
+# Uploads: the largest document accepted, in bytes.
+KNOWLEDGE_MAX_UPLOAD_BYTES = env_int("KNOWLEDGE_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
+# A run's session memory (in the worker's process): at most this many items, each
+# forgotten this long after it was last used, all of it when the run ends.
+KNOWLEDGE_SESSION_MAX_ITEMS = env_int("KNOWLEDGE_SESSION_MAX_ITEMS", 5000)
+KNOWLEDGE_SESSION_TTL_SECONDS = env_int("KNOWLEDGE_SESSION_TTL_SECONDS", 6 * 3600)
+# What the agent hook may add to a step's context, in tokens.
+KNOWLEDGE_CONTEXT_TOKENS = env_int("KNOWLEDGE_CONTEXT_TOKENS", 1500)
+CELERY_BEAT_SCHEDULE["knowledge-prune"] = {"task": "knowledge.prune", "schedule": 6 * 3600.0}
+CELERY_BEAT_SCHEDULE["knowledge-index-pending"] = {"task": "knowledge.index_pending", "schedule": 60.0}
+# --- end of knowledge ---------------------------------------------------------
