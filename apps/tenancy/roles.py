@@ -93,6 +93,20 @@ ACTIONS: Final[dict[str, Action]] = {
             BUILDERS,
             "Create prompt templates, save new versions, roll back and delete them",
         ),
+        Action(
+            "knowledge.view",
+            "knowledge",
+            "read",
+            EVERYONE,
+            "Search the organization's knowledge and see its sources",
+        ),
+        Action(
+            "knowledge.manage",
+            "knowledge",
+            "write",
+            BUILDERS,
+            "Index repositories, upload documents, delete sources and set retention",
+        ),
     ]
 }
 
