@@ -38,6 +38,8 @@ import numpy as np
 from django.conf import settings
 from django.db import connection
 
+from apps.core.errors import Unavailable
+
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
@@ -55,8 +57,11 @@ HTTP_TIMEOUT_SECONDS: Final = 15.0
 HTTP_CONNECT_TIMEOUT_SECONDS: Final = 3.0
 
 
-class StoreUnavailable(Exception):
-    """The index cannot be reached or refused the operation; `reason` says why, for people."""
+class StoreUnavailable(Unavailable):
+    """The index cannot be reached or refused the operation; `reason` says why, for people.
+    A ServiceError, so an API view answers 503 with the reason."""
+
+    code = "knowledge_index_unavailable"
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
