@@ -152,7 +152,13 @@ def clients_reset() -> None:
     with _clients_lock:
         _clients.clear()
         _collections.clear()
-    SharedSystemClient.clear_system_cache()
+        systems = list(SharedSystemClient._identifier_to_system.values())
+        SharedSystemClient.clear_system_cache()
+    for system in systems:  # closes an embedded index's files, a server client's connections
+        try:
+            system.stop()
+        except Exception:
+            logger.debug("stopping a Chroma client failed", exc_info=True)
 
 
 def _reason(exc: Exception) -> str:
