@@ -121,3 +121,16 @@ class KnowledgePolicy(models.Model):
 
     def __str__(self) -> str:
         return "knowledge policy"
+
+
+class KnowledgeRunSync(models.Model):
+    """A run's session memory distilled into the organization's experience (apps/knowledge/sync.py):
+    one row per run, so distilling it again changes nothing and returns what was done."""
+
+    run_id = models.CharField(max_length=64, unique=True)
+    outcome = models.CharField(max_length=32)
+    result = models.JSONField(default=dict, blank=True)  # counts: added, duplicates, credited...
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} distilled ({self.outcome})"
