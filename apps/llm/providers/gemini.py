@@ -4,7 +4,8 @@ The SDK takes a base URL in its HttpOptions, so tests point it at a loopback fak
 (tests/fakes/gemini_server.py) like the other providers; no REST client of our own.
 Its retries are off (HttpRetryOptions(attempts=1)) and so are its automatic function
 calling and automatic continuation: the gateway retries, and tool calls go back to
-the caller as ToolCalls.
+the caller as ToolCalls. Its async calls go through httpx (a transport of our own),
+never aiohttp, whatever else is installed.
 
 Gemini's shapes: system messages go in `system_instruction`; the assistant is the
 "model" role; a tool call is a functionCall part and its result a functionResponse
@@ -151,6 +152,9 @@ class GeminiProvider(Provider):
             base_url=config.base_url or None,
             timeout=int(config.timeout_seconds * 1000),
             retry_options=genai_types.HttpRetryOptions(attempts=1),
+            # Its own HTTP client, not aiohttp: the SDK switches to aiohttp whenever it is
+            # importable (another package may bring it), and its errors are not httpx's.
+            async_client_args={"transport": httpx2.AsyncHTTPTransport()},
         )
         self.client = genai.Client(api_key=config.api_key or "none", http_options=options)
 
