@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import numpy as np
 from django.db import connection, transaction
@@ -36,6 +36,7 @@ from django.utils import timezone
 
 from apps.core.errors import Invalid, NotFound, ServiceError
 from apps.knowledge import scoring, store
+from apps.knowledge.chunking import Chunk
 from apps.knowledge.models import KnowledgeChunk, KnowledgeSource
 from apps.tenancy.audit import Actor, audit_record
 from apps.tenancy.models import Organization
@@ -45,15 +46,6 @@ logger = logging.getLogger(__name__)
 MAX_QUERY_CHARS: Final = 2000
 MAX_K: Final = 50
 INDEX_BATCH: Final = 256
-
-
-class ChunkLike(Protocol):
-    """What chunks_put reads of a chunk (apps.knowledge.chunking.Chunk has it)."""
-
-    text: str
-    title: str
-    start_line: int | None
-    end_line: int | None
 
 
 @dataclass(frozen=True)
@@ -286,12 +278,10 @@ def _clean_path(path: str) -> str:
     return path
 
 
-def _extra_metadata(chunk: ChunkLike) -> dict[str, Any]:
-    metadata = getattr(chunk, "metadata", None)
-    if not isinstance(metadata, dict):
-        return {}
-    plain: dict[str, Any] = {}
-    for name, value in metadata.items():
+def _extra_metadata(chunk: Chunk) -> dict[str, Any]:
+    """What the chunker said of the chunk beyond its columns (plain values only)."""
+    plain: dict[str, Any] = {"chunk_kind": chunk.kind}
+    for name, value in chunk.metadata.items():
         if isinstance(value, str | int | float | bool) or value is None:
             plain[str(name)] = value
     return plain
@@ -301,7 +291,7 @@ def chunks_put(
     *,
     source: KnowledgeSource,
     path: str,
-    chunks: Sequence[ChunkLike],
+    chunks: Sequence[Chunk],
     commit: str = "",
     run_id: str = "",
 ) -> PutResult:
@@ -321,7 +311,7 @@ def chunks_put(
         )
         available = Counter(_signature(c.text, c.title, c.start_line, c.end_line) for c in current)
         kept: Counter[tuple[str, str, int | None, int | None]] = Counter()
-        new: list[tuple[int, ChunkLike, str]] = []
+        new: list[tuple[int, Chunk, str]] = []
         for position, chunk in enumerate(wanted):
             title = (chunk.title or "")[:300]
             signature = _signature(chunk.text, title, chunk.start_line, chunk.end_line)
@@ -361,7 +351,7 @@ def chunks_put(
                         title=(chunk.title or "")[:300],
                         start_line=chunk.start_line,
                         end_line=chunk.end_line,
-                        commit=commit,
+                        commit=commit or (chunk.commit or "")[:64],
                         run_id=(run_id or locked.run_id)[:64],
                         text=chunk.text,
                         content_hash=digest,

@@ -118,3 +118,44 @@ def chroma_mode(request: pytest.FixtureRequest, settings: Any, tmp_path: Path, w
         _empty_collections([world.alpha, world.beta])
     yield str(request.param)
     store.clients_reset()
+
+
+# --- knowledge made through the real services ---------------------------------------------------
+
+
+def owner_of(world: World, organization: Organization) -> Any:
+    return world.alice if organization == world.alpha else world.bob
+
+
+def make_source(
+    world: World, organization: Organization, *, kind: str = "document", name: str = "notes"
+) -> Any:
+    """A source of `organization`; call it inside the organization's schema."""
+    from apps.knowledge import services
+    from apps.tenancy.audit import Actor
+
+    return services.source_create(
+        organization=organization, kind=kind, name=name, actor=Actor(user=owner_of(world, organization))
+    )
+
+
+def put_file(source: Any, path: str, text: str, commit: str = "") -> Any:
+    """The file chunked as ingestion chunks it, and put under `path`."""
+    from apps.knowledge import services
+    from apps.knowledge.chunking import chunk_file
+
+    return services.chunks_put(
+        source=source, path=path, chunks=chunk_file(path, text, source=f"source:{source.pk}"), commit=commit
+    )
+
+
+@pytest.fixture
+def own_chroma_server(tmp_path: Path, settings: Any) -> Iterator[ChromaServer]:
+    """A Chroma server of this test alone (it may stop and start it); CHROMA_URL points at it."""
+    server = ChromaServer(path=tmp_path / "own-chroma")
+    server.start()
+    settings.CHROMA_URL = server.url
+    store.clients_reset()
+    yield server
+    server.stop()
+    store.clients_reset()

@@ -87,7 +87,8 @@ def test_the_index_is_never_used_outside_an_organization(knowledge_index: Any) -
 def test_an_unreachable_server_is_unavailable_with_the_reason(settings: Any, world: World) -> None:
     settings.CHROMA_URL = f"http://127.0.0.1:{free_port()}"
     store.clients_reset()
-    assert store.ping() is not None and "not reachable" in str(store.ping())
+    assert store.ping() is not None
+    assert "not reachable" in str(store.ping())
     with schema_context(world.alpha.schema_name), pytest.raises(store.StoreUnavailable) as raised:
         store.current_index().count()
     assert raised.value.status == 503
