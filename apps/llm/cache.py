@@ -4,14 +4,14 @@ L1: in-process LRU (LLM_CACHE_L1_SIZE entries, default 2,048), fastest, per proc
 L2: Redis exact match, shared by every process (TTL LLM_CACHE_TTL_SECONDS, default
     one hour). Keys hash the organization, the requested model, every parameter that
     changes the answer and the normalized prompt (whitespace collapsed at the ends
-    and inside lines; roles, tool calls and tools kept).
+    and inside lines; roles, tool calls, tools and images kept).
 L3: semantic, opt-in per request (CallContext.semantic_cache): the last message is
     embedded and compared (cosine) with earlier ones under the same organization,
     model, parameters and earlier conversation; a similarity of at least
     LLM_SEMANTIC_CACHE_THRESHOLD (default 0.95) is a hit. Never for requests with
-    tools. Needs an embedder: the catalog model named by LLM_SEMANTIC_CACHE_MODEL
-    (through the gateway, billed like any embedding) or one passed to the gateway;
-    without one L3 is off and the route says so.
+    tools or images. Needs an embedder: the catalog model named by
+    LLM_SEMANTIC_CACHE_MODEL (through the gateway, billed like any embedding) or one
+    passed to the gateway; without one L3 is off and the route says so.
 
 CallContext.cache=False skips L1 and L2 (lookup and store). Every lookup counts a
 hit or miss per level in the Prometheus counter llm_cache_lookups_total.
@@ -58,6 +58,8 @@ def _message_key(message: Message) -> list[Any]:
         [[call.name, call.arguments] for call in message.tool_calls],
         message.tool_call_id,
         message.name,
+        # Images by their whole URL (a data: URL is the image itself): another image, another key.
+        *([[[image.url, image.detail] for image in message.images]] if message.images else []),
     ]
 
 
@@ -236,6 +238,8 @@ class ResponseCache:
             return "off: no embedding model configured (LLM_SEMANTIC_CACHE_MODEL)"
         if request.tools or any(m.tool_calls or m.role == "tool" for m in request.messages):
             return "skipped: tool-calling turn"
+        if any(m.images for m in request.messages):
+            return "skipped: images in the request (only the text would be compared)"
         if not request.messages or not (request.messages[-1].content or "").strip():
             return "skipped: no text to compare"
         return None

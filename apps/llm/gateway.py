@@ -21,6 +21,12 @@ A chat call, in order:
 
 Streams fail over only before their first chunk; an error after it raises
 ProviderFailed (code of the provider's error) at the consumer's next read.
+
+Per call, CallContext.fallbacks replaces the organization's fallback chain (see
+apps/llm/router.py) and CallContext.timeout_seconds (1 to 600) replaces
+LLM_TIMEOUT_SECONDS for each attempt and each wait for a streamed chunk. Images
+(Message.images, user messages only) are checked here: at most MAX_IMAGES, https
+or data:image URLs, at most MAX_IMAGE_BYTES each (apps/llm/types.py).
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from apps.llm.router import Candidate, RoutePlan, Router, estimate_tokens
 from apps.llm.selectors import ModelInfo, OrganizationConfig
 from apps.llm.tool_emulation import chat_with_emulated_tools, stream_with_emulated_tools
 from apps.llm.types import (
+    MAX_IMAGES,
     CallContext,
     ChatRequest,
     ChatResponse,
@@ -68,6 +75,7 @@ from apps.llm.types import (
     StreamChunk,
     ToolCall,
     Usage,
+    image_check,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,6 +84,7 @@ T = TypeVar("T")
 ProviderKey = tuple[str, str, str, float, tuple[tuple[str, Any], ...]]
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_EMBEDDING_INPUTS = 2048
+MIN_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS = 1.0, 600.0  # a call's own timeout (CallContext)
 
 
 @asynccontextmanager
@@ -107,6 +116,21 @@ def validate_request(request: ChatRequest) -> None:
         raise Invalid("top_p must be between 0 and 1.", field="top_p")
     if request.max_tokens is not None and request.max_tokens < 1:
         raise Invalid("max_tokens must be at least 1.", field="max_tokens")
+    images = 0
+    for index, message in enumerate(request.messages):
+        if not message.images:
+            continue
+        if message.role != "user":
+            raise Invalid(
+                f"Only user messages may hold images; message {index} is {message.role!r}.", field="messages"
+            )
+        images += len(message.images)
+        if images > MAX_IMAGES:
+            raise Invalid(f"At most {MAX_IMAGES} images per request.", field="messages")
+        for image in message.images:
+            problem = image_check(image)
+            if problem is not None:
+                raise Invalid(f"Message {index}: {problem}", field="messages")
     names = set()
     for tool in request.tools:
         if not TOOL_NAME.match(tool.name):
@@ -138,6 +162,18 @@ def validate_request(request: ChatRequest) -> None:
             raise Invalid(
                 f"json_schema is not a valid JSON Schema: {exc.message}", field="json_schema"
             ) from None
+
+
+def validate_context(context: CallContext) -> None:
+    """A call's own fallbacks and timeout, before anything else (400 naming the field)."""
+    timeout = context.timeout_seconds
+    if timeout is not None and not MIN_TIMEOUT_SECONDS <= timeout <= MAX_TIMEOUT_SECONDS:
+        raise Invalid(
+            f"timeout must be between {MIN_TIMEOUT_SECONDS:g} and {MAX_TIMEOUT_SECONDS:g} seconds.",
+            field="timeout",
+        )
+    if context.fallbacks is not None and not all(isinstance(n, str) and n for n in context.fallbacks):
+        raise Invalid("fallbacks must be a list of model names.", field="fallbacks")
 
 
 def _failed(error: ProviderError | None, model: str, attempts: list[dict[str, Any]]) -> ProviderFailed:
@@ -201,7 +237,10 @@ class Gateway:
         return await sync_to_async(selectors.organization_config)(organization_id=organization_id)
 
     @staticmethod
-    def _timeout() -> float:
+    def _timeout(context: CallContext | None = None) -> float:
+        """Seconds an attempt (or a streamed chunk) may take: the call's own, else the setting."""
+        if context is not None and context.timeout_seconds is not None:
+            return float(context.timeout_seconds)
         return float(getattr(settings, "LLM_TIMEOUT_SECONDS", 60))
 
     def _provider_config(self, model: ModelInfo, config: OrganizationConfig) -> ProviderConfig:
@@ -266,6 +305,11 @@ class Gateway:
         """The result and its latency in ms, after retries; _ModelFailed when this model cannot serve.
         queued=False: the caller holds the provider's queue slot already (streams hold it throughout)."""
         provider_config = self._provider_config(model, config)
+        timeout = self._timeout(context)
+        if timeout > provider_config.timeout_seconds:
+            # The SDK's own timeout must not cut a call given longer: a client with the
+            # longest one (one more per credential at most); with_timeout is the limit.
+            provider_config = replace(provider_config, timeout_seconds=MAX_TIMEOUT_SECONDS)
         endpoint = self._endpoint(provider_config)
         breaker = self.breakers.get(endpoint)
         if not breaker.allow():
@@ -282,7 +326,7 @@ class Gateway:
             try:
                 async with queue.slot(context.organization_id, context.priority) if queued else _no_slot():
                     started = time.perf_counter()
-                    result = await with_timeout(call(provider), self._timeout(), provider=model.provider)
+                    result = await with_timeout(call(provider), timeout, provider=model.provider)
             except ProviderError as error:
                 breaker.record_failure(error)
                 self.router.stats.record(model.name, ok=False)
@@ -335,9 +379,10 @@ class Gateway:
         self, request: ChatRequest, context: CallContext
     ) -> tuple[OrganizationConfig, RoutePlan]:
         validate_request(request)
+        validate_context(context)
         catalog = await self._catalog()
         config = await self._config(context.organization_id)
-        return config, self.router.plan(request, catalog, config)
+        return config, self.router.plan(request, catalog, config, fallbacks=context.fallbacks)
 
     def _route(
         self,
@@ -585,7 +630,9 @@ class Gateway:
                 finish = chunk
             yield replace(chunk, model=model.name)
             try:
-                chunk = await with_timeout(iterator.__anext__(), self._timeout(), provider=model.provider)
+                chunk = await with_timeout(
+                    iterator.__anext__(), self._timeout(context), provider=model.provider
+                )
             except StopAsyncIteration:
                 chunk = None
             except Exception as exc:  # a ProviderError, or an SDK surprise the provider did not map
@@ -638,6 +685,7 @@ class Gateway:
             raise Invalid("Give one or more non-empty texts to embed.", field="input")
         if len(inputs) > MAX_EMBEDDING_INPUTS:
             raise Invalid(f"At most {MAX_EMBEDDING_INPUTS} texts per call.", field="input")
+        validate_context(context)
         started = time.perf_counter()
         catalog = await self._catalog()
         config = await self._config(context.organization_id)
@@ -680,11 +728,12 @@ class Gateway:
         (low: the prompt only; high: the prompt and max_tokens, or the model's output
         limit). Sync (reads the database when its snapshot is stale)."""
         validate_request(request)
+        validate_context(context)
         catalog = selectors.catalog_cached() or selectors.catalog_models()
         config = selectors.organization_config_cached(
             context.organization_id
         ) or selectors.organization_config(organization_id=context.organization_id)
-        plan = self.router.plan(request, catalog, config)
+        plan = self.router.plan(request, catalog, config, fallbacks=context.fallbacks)
         model = plan.candidates[0].model
         max_out = min(request.max_tokens or model.max_output_tokens, model.max_output_tokens)
         return {

@@ -8,6 +8,13 @@ host; calling needs the scope `llm:write` (action llm.call), listing models
 `llm:read`. Errors use OpenAI's body, {"error": {"message", "type", "param", "code"}},
 with the gateway's stable codes, so OpenAI clients raise their usual exceptions.
 
+Beyond OpenAI's body: a user message's content may be OpenAI's content array with
+`image_url` parts (https or data:image URLs, for models with vision); `fallbacks`
+(a list of model names, LiteLLM's name for it) replaces the organization's fallback
+chain for this request and `timeout` (seconds, 1 to 600) replaces
+LLM_TIMEOUT_SECONDS for each attempt and each streamed chunk. The openai SDK sends
+the last two with `extra_body={"fallbacks": [...], "timeout": 30}`.
+
 The views are async (uvicorn, no thread per request). Under WSGI (gunicorn in
 production) Django runs each async view on a fresh event loop, which would strand
 the gateway's pooled connections; there every gateway call runs on one long-lived
@@ -28,6 +35,7 @@ from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -35,7 +43,19 @@ from django.views.decorators.csrf import csrf_exempt
 from apps.core.api import PrincipalRateThrottle, _throttle_redis
 from apps.core.errors import ServiceError
 from apps.llm.providers.base import ProviderError
-from apps.llm.types import CallContext, ChatRequest, ChatResponse, Message, StreamChunk, Tool, ToolCall
+from apps.llm.types import (
+    MAX_IMAGES,
+    CallContext,
+    ChatRequest,
+    ChatResponse,
+    ImageDetail,
+    ImagePart,
+    Message,
+    StreamChunk,
+    Tool,
+    ToolCall,
+    image_check,
+)
 from apps.tenancy.api_keys import key_check, key_touch
 from apps.tenancy.audit import client_ip
 from apps.tenancy.models import ApiKey
@@ -54,8 +74,10 @@ ERROR_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
-MAX_BODY_BYTES = 8 * 1024 * 1024
+# Room for images as data: URLs (each at most MAX_IMAGE_BYTES decoded, apps/llm/types.py).
+MAX_BODY_BYTES = 32 * 1024 * 1024
 ROLES = {"system", "user", "assistant", "tool", "developer"}
+IMAGE_DETAILS: dict[str, ImageDetail] = {"auto": "auto", "low": "low", "high": "high"}
 
 
 class BadRequest(Exception):
@@ -150,7 +172,13 @@ def _throttled(api_key: ApiKey) -> int | None:
 _authenticate = sync_to_async(_authenticate_sync)
 
 
-def _context(api_key: ApiKey, request: HttpRequest) -> CallContext:
+def _context(
+    api_key: ApiKey,
+    request: HttpRequest,
+    *,
+    fallbacks: tuple[str, ...] | None = None,
+    timeout: float | None = None,
+) -> CallContext:
     # `Cache-Control: no-store` (or no-cache) opts this request out of the exact-match caches.
     cache_control = request.headers.get("Cache-Control", "").lower()
     return CallContext(
@@ -158,6 +186,8 @@ def _context(api_key: ApiKey, request: HttpRequest) -> CallContext:
         api_key_id=api_key.pk,
         priority="interactive",
         cache="no-store" not in cache_control and "no-cache" not in cache_control,
+        fallbacks=fallbacks,
+        timeout_seconds=timeout,
     )
 
 
@@ -208,11 +238,30 @@ def _gateway() -> Any:
 # Parsing ----------------------------------------------------------------------------------------
 
 
-def _body(request: HttpRequest) -> dict[str, Any]:
-    if len(request.body) > MAX_BODY_BYTES:
-        raise BadRequest(f"The request body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB.")
+def _raw_body(request: HttpRequest) -> bytes:
+    too_big = BadRequest(
+        f"The request body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB.", code="request_too_large"
+    )
     try:
-        data = json.loads(request.body or b"null")
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > MAX_BODY_BYTES:
+        raise too_big
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        # Over Django's DATA_UPLOAD_MAX_MEMORY_SIZE (meant for forms), within ours: read it.
+        raw = request.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise too_big
+    return raw
+
+
+def _body(request: HttpRequest) -> dict[str, Any]:
+    raw = _raw_body(request)
+    try:
+        data = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(data, dict):
@@ -257,25 +306,49 @@ def _integer(data: dict[str, Any], key: str, low: int) -> int | None:
     return int(value)
 
 
-def _content(value: Any, param: str) -> str | None:
+def _image(part: dict[str, Any], param: str) -> ImagePart:
+    spec = part.get("image_url")
+    if not isinstance(spec, dict) or not isinstance(spec.get("url"), str):
+        raise BadRequest(f"'{param}.image_url' must be {{'url': ..., 'detail': ...}}.", f"{param}.image_url")
+    detail = IMAGE_DETAILS.get(str(spec.get("detail") or "auto"))
+    if detail is None:
+        raise BadRequest(
+            f"'{param}.image_url.detail' must be auto, low or high.",
+            f"{param}.image_url.detail",
+            "invalid_value",
+        )
+    image = ImagePart(url=spec["url"], detail=detail)
+    problem = image_check(image)
+    if problem is not None:
+        raise BadRequest(problem, f"{param}.image_url.url", "invalid_image")
+    return image
+
+
+def _content(value: Any, param: str, role: str) -> tuple[str | None, tuple[ImagePart, ...]]:
+    """A message's content: its text, and its images (OpenAI's image_url parts, user messages only)."""
     if value is None or isinstance(value, str):
-        return value
+        return value, ()
     if isinstance(value, list):
-        texts = []
+        texts: list[str] = []
+        images: list[ImagePart] = []
         for index, part in enumerate(value):
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            where = f"{param}[{index}]"
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if isinstance(part, dict) and kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif isinstance(part, dict) and kind == "image_url" and role == "user":
+                images.append(_image(part, where))
+            elif kind == "image_url":
                 raise BadRequest(
-                    f"Only text content parts are supported here; '{param}[{index}]' is {kind!r}.",
-                    f"{param}[{index}]",
+                    f"Only user messages may hold images; '{where}' is in a {role} message.", where
+                )
+            else:
+                raise BadRequest(
+                    f"Content parts here are text and (in user messages) image_url; '{where}' is {kind!r}.",
+                    where,
                     "unsupported_content",
                 )
-            texts.append(part["text"])
-        return "".join(texts)
+        return "".join(texts), tuple(images)
     raise BadRequest(f"'{param}' must be a string or a list of content parts.", param, "invalid_type")
 
 
@@ -305,6 +378,7 @@ def _messages(value: Any) -> tuple[Message, ...]:
     if not isinstance(value, list) or not value:
         raise BadRequest("'messages' must be a non-empty list.", "messages", "invalid_value")
     messages = []
+    seen_images = 0
     for index, item in enumerate(value):
         where = f"messages[{index}]"
         if not isinstance(item, dict):
@@ -316,13 +390,16 @@ def _messages(value: Any) -> tuple[Message, ...]:
                 f"{where}.role",
                 "invalid_value",
             )
-        content = _content(item.get("content"), f"{where}.content")
+        content, images = _content(item.get("content"), f"{where}.content", str(role))
         tool_calls = _tool_calls(item.get("tool_calls"), f"{where}.tool_calls") if role == "assistant" else ()
         tool_call_id = item.get("tool_call_id")
         if role == "tool" and not isinstance(tool_call_id, str):
             raise BadRequest(
                 f"'{where}.tool_call_id' is required for a tool message.", f"{where}.tool_call_id"
             )
+        seen_images += len(images)
+        if seen_images > MAX_IMAGES:
+            raise BadRequest(f"At most {MAX_IMAGES} images per request.", "messages", "too_many_images")
         if content is None and not tool_calls:
             raise BadRequest(
                 f"'{where}.content' is required.", f"{where}.content", "missing_required_parameter"
@@ -335,6 +412,7 @@ def _messages(value: Any) -> tuple[Message, ...]:
                 tool_calls=tool_calls,
                 tool_call_id=tool_call_id if role == "tool" else None,
                 name=name if isinstance(name, str) else None,
+                images=images,
             )
         )
     return tuple(messages)
@@ -407,6 +485,17 @@ def _response_format(value: Any) -> tuple[str, dict[str, Any] | None]:
     raise BadRequest(
         "'response_format.type' must be 'text', 'json_object' or 'json_schema'.", "response_format.type"
     )
+
+
+def call_options_from(data: dict[str, Any]) -> tuple[tuple[str, ...] | None, float | None]:
+    """Agentyard's extra body fields: (`fallbacks`, `timeout`); None where not given."""
+    fallbacks = data.get("fallbacks")
+    if fallbacks is not None and (
+        not isinstance(fallbacks, list) or not all(isinstance(name, str) and name for name in fallbacks)
+    ):
+        raise BadRequest("'fallbacks' must be a list of model names.", "fallbacks", "invalid_type")
+    timeout = _number(data, "timeout", 1, 600)
+    return (tuple(fallbacks) if fallbacks is not None else None), timeout
 
 
 def chat_request_from(data: dict[str, Any]) -> ChatRequest:
@@ -671,6 +760,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     try:
         data = _body(request)
         chat = chat_request_from(data)
+        fallbacks, timeout = call_options_from(data)
         stream = data.get("stream") or False
         if not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean.", "stream", "invalid_type")
@@ -678,7 +768,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
     except BadRequest as exc:
         return openai_error(400, exc.message, exc.code, exc.param)
-    context = _context(api_key, request)
+    context = _context(api_key, request, fallbacks=fallbacks, timeout=timeout)
     try:
         if not stream:
             response: ChatResponse = await _run(request, _gateway().chat(chat, context=context))

@@ -22,6 +22,18 @@ request is refused naming the window.
   as much as $0.00001) and error rate. With no usable model of either tier, the
   local model serves.
 
+Per-request fallbacks (CallContext.fallbacks, `fallbacks` on /v1/chat/completions)
+REPLACE the chain for that call: the named (or `auto`'s) model first, then exactly
+those models in the caller's order (no reordering by error rate), an empty list
+meaning no fallback at all. A name that is unknown, or that the organization may not
+use (disabled, no credentials, over its price ceiling), is a 400 naming it, before
+anything is sent; one that cannot serve this request (window too small, no vision)
+is skipped and listed in the route, as in the organization's chain.
+
+Images (Message.images) need a model with `vision` in the catalog: naming one
+without is a 400 saying so, before anything is sent; `auto` and every fallback
+chain keep only models with vision (the local model has none).
+
 Observed latency and error rate are exponential moving averages per model, kept in
 this process (alpha LLM_ROUTER_EMA_ALPHA, default 0.2).
 """
@@ -31,12 +43,13 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
 
 from apps.llm.catalog import ALIASES, AUTO_MODEL, LOCAL_MODEL
-from apps.llm.errors import ContextTooLong, MissingCredentials, ModelDisabled, UnknownModel
+from apps.llm.errors import ContextTooLong, GatewayError, MissingCredentials, ModelDisabled, UnknownModel
 from apps.llm.selectors import ModelInfo, OrganizationConfig
 from apps.llm.tokens import estimate_message_tokens, estimate_text_tokens, family_of
 from apps.llm.types import ChatRequest
@@ -46,6 +59,7 @@ HARD_WORDS = re.compile(
     r"stack ?trace|traceback|derive|theorem|implement)\b",
     re.IGNORECASE,
 )
+MAX_REQUEST_FALLBACKS = 10
 CODE_LINE = re.compile(
     r"^\s*(def |class |import |from \S+ import|function |const |let |var |public |private |#include|"
     r"SELECT |fn |func |package |if \(|for \(|while \(|return\b).*|.*[;{}]\s*$",
@@ -192,20 +206,82 @@ class Router:
     def fits(model: ModelInfo, request: ChatRequest, prompt_tokens: int) -> bool:
         return prompt_tokens + (request.max_tokens or 0) <= model.context_window
 
+    def vision_models(self, catalog: dict[str, ModelInfo], config: OrganizationConfig) -> list[str]:
+        """The models with vision this organization may use."""
+        return sorted(
+            m.name
+            for m in catalog.values()
+            if m.vision and not m.embeddings and self.unusable_reason(m, config) is None
+        )
+
+    def check_vision(
+        self,
+        model: ModelInfo,
+        request: ChatRequest,
+        catalog: dict[str, ModelInfo],
+        config: OrganizationConfig,
+    ) -> None:
+        if has_images(request) and not model.vision:
+            others = ", ".join(self.vision_models(catalog, config)) or "none is usable"
+            raise GatewayError(
+                f"The model {model.name!r} does not read images; send them to a model with vision"
+                f" (for this organization: {others}).",
+                code="vision_unsupported",
+                field="model",
+            )
+
+    def request_fallbacks(
+        self, names: Sequence[str], catalog: dict[str, ModelInfo], config: OrganizationConfig
+    ) -> list[ModelInfo]:
+        """The models a request names as its own fallbacks: a 400 naming any that is unknown
+        or that the organization may not use."""
+        if len(names) > MAX_REQUEST_FALLBACKS:
+            raise GatewayError(
+                f"At most {MAX_REQUEST_FALLBACKS} fallback models per request.", field="fallbacks"
+            )
+        models = []
+        for name in names:
+            model = catalog.get(ALIASES.get(name, name))
+            if model is None or model.embeddings:
+                known = ", ".join(n for n, info in sorted(catalog.items()) if not info.embeddings)
+                raise UnknownModel(
+                    f"Unknown fallback model {name!r}. Chat models in the catalog: {known}.",
+                    field="fallbacks",
+                )
+            why = self.unusable_reason(model, config)
+            if why is not None:
+                raise GatewayError(
+                    f"The fallback model {model.name!r} cannot be used by this organization: {why}"
+                    + (f" (add a {model.provider} API key)" if why == "no credentials" else "")
+                    + ".",
+                    code="fallback_unusable",
+                    field="fallbacks",
+                )
+            models.append(model)
+        return models
+
     def plan(
-        self, request: ChatRequest, catalog: dict[str, ModelInfo], config: OrganizationConfig
+        self,
+        request: ChatRequest,
+        catalog: dict[str, ModelInfo],
+        config: OrganizationConfig,
+        *,
+        fallbacks: Sequence[str] | None = None,
     ) -> RoutePlan:
+        """fallbacks: this request's own list (replacing the organization's chain), or None."""
+        own = None if fallbacks is None else self.request_fallbacks(fallbacks, catalog, config)
         if request.model == AUTO_MODEL:
-            return self._plan_auto(request, catalog, config, estimate_tokens(request))
+            return self._plan_auto(request, catalog, config, estimate_tokens(request), own)
         model = self.lookup(catalog, request.model)
         prompt_tokens = estimate_tokens(request, model.provider)
         self.check_usable(model, config)
+        self.check_vision(model, request, catalog, config)
         plan = RoutePlan(requested=request.model, prompt_tokens=prompt_tokens, candidates=[])
-        fallbacks = self._chain(model, catalog, config, request, prompt_tokens, plan)
+        chain = self._chain(model, catalog, config, request, prompt_tokens, plan, own)
         if self.fits(model, request, prompt_tokens):
-            plan.candidates = [Candidate(model, "requested"), *fallbacks]
+            plan.candidates = [Candidate(model, "requested"), *chain]
             return plan
-        longer = [c for c in fallbacks if c.model.context_window > model.context_window]
+        longer = [c for c in chain if c.model.context_window > model.context_window]
         if not longer:
             raise ContextTooLong(
                 f"The messages take about {prompt_tokens} tokens"
@@ -230,23 +306,35 @@ class Router:
         request: ChatRequest,
         prompt_tokens: int,
         plan: RoutePlan,
+        own: list[ModelInfo] | None = None,
     ) -> list[Candidate]:
+        """The usable fallbacks after `model`: the request's own list (`own`) or the
+        organization's chain (else the catalog's)."""
         chain: list[Candidate] = []
         seen = {model.name}
-        for name in config.fallbacks_for(model):
-            fallback = catalog.get(ALIASES.get(name, name))
+        images = has_images(request)
+        if own is not None:
+            listed: list[ModelInfo | None] = list(own)
+            reason = f"fallback for {model.name}, from the request's list"
+        else:
+            listed = [catalog.get(ALIASES.get(name, name)) for name in config.fallbacks_for(model)]
+            reason = f"fallback for {model.name}"
+        for fallback in listed:
             if fallback is None or fallback.name in seen or fallback.embeddings:
                 continue
             seen.add(fallback.name)
             why = self.unusable_reason(fallback, config)
+            if why is None and images and not fallback.vision:
+                why = "does not read images"
             if why is None and not self.fits(fallback, request, prompt_tokens):
                 why = f"context window {fallback.context_window:,} too small"
             if why is not None:
                 plan.skipped.append({"model": fallback.name, "why": why})
                 continue
-            chain.append(Candidate(fallback, f"fallback for {model.name}"))
-        # Keep the chain's order, but a model failing more than half of its calls goes last.
-        chain.sort(key=lambda c: self.stats.error_rate(c.model.name) > 0.5)
+            chain.append(Candidate(fallback, reason))
+        if own is None:
+            # Keep the chain's order, but a model failing more than half of its calls goes last.
+            chain.sort(key=lambda c: self.stats.error_rate(c.model.name) > 0.5)
         return chain
 
     def _plan_auto(
@@ -255,14 +343,18 @@ class Router:
         catalog: dict[str, ModelInfo],
         config: OrganizationConfig,
         prompt_tokens: int,
+        own: list[ModelInfo] | None = None,
     ) -> RoutePlan:
         hard, why = classify_request(request, prompt_tokens)
         tier = "large" if hard else "small"
         plan = RoutePlan(requested=AUTO_MODEL, prompt_tokens=prompt_tokens, candidates=[])
         usable: list[ModelInfo] = []
         too_long = 0
+        images = has_images(request)
         for model in catalog.values():
             if model.embeddings or self.unusable_reason(model, config) is not None:
+                continue
+            if images and not model.vision:
                 continue
             if not self.fits(model, request, prompt_tokens):
                 too_long += 1
@@ -273,6 +365,14 @@ class Router:
                 continue
             usable.append(model)
         if not usable:
+            if images and not too_long:
+                with_vision = ", ".join(sorted(m.name for m in catalog.values() if m.vision)) or "none"
+                raise GatewayError(
+                    "No model this organization may use reads images. Models with vision in the"
+                    f" catalog: {with_vision}; each needs to be enabled and its provider's API key.",
+                    code="vision_unsupported",
+                    field="messages",
+                )
             if too_long:
                 raise ContextTooLong(
                     f"The messages take about {prompt_tokens} tokens, more than the context window of every"
@@ -304,7 +404,14 @@ class Router:
         else:
             reason += ", lowest expected cost and latency"
         candidates = [Candidate(first, reason)]
-        for model in [*same_tier, *other_tier][1:3]:
-            candidates.append(Candidate(model, "auto: next best"))
+        if own is not None:
+            candidates += self._chain(first, catalog, config, request, prompt_tokens, plan, own)
+        else:
+            for model in [*same_tier, *other_tier][1:3]:
+                candidates.append(Candidate(model, "auto: next best"))
         plan.candidates = candidates
         return plan
+
+
+def has_images(request: ChatRequest) -> bool:
+    return any(message.images for message in request.messages)

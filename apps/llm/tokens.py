@@ -24,7 +24,14 @@ with it. Claude's tokenizer is
 not public: "anthropic" is "openai" plus 15%, its commonly measured surplus, and
 is not calibrated. It errs high on purpose: saying a prompt fits when
 it does not costs a failed call, the other way round only a slightly earlier
-truncation."""
+truncation.
+
+Images are a flat count each, whatever their size (we do not decode them): what a
+1024x1024 image costs, the size most screenshots and photos are scaled to. OpenAI
+(and open models): 765, i.e. 85 + 170 per 512 px tile at high detail, 85 at
+detail "low"; Anthropic: 1,600, the most an image costs after Claude scales it
+to about 1.15 megapixels (width x height / 750); Gemini: 1,032, four 768 px tiles
+of 258."""
 
 from __future__ import annotations
 
@@ -156,4 +163,21 @@ def estimate_message_tokens(
             )
         if message.name:
             total += 1 + estimate_text_tokens(message.name, chosen)
+        total += sum(estimate_image_tokens(image.detail, chosen) for image in message.images)
     return total + estimate_tool_tokens(tools, chosen)
+
+
+# An image, flat, by family: (detail "auto" or "high", detail "low"); see the module's docstring.
+IMAGE_TOKENS: dict[str, tuple[int, int]] = {
+    "openai": (765, 85),
+    "anthropic": (1600, 1600),
+    "gemini": (1032, 1032),
+    "llama": (765, 765),
+}
+
+
+def estimate_image_tokens(detail: str = "auto", family: Family | str = "openai") -> int:
+    """One image, flat (see the module's docstring)."""
+    name = family if isinstance(family, str) else family.name
+    high, low = IMAGE_TOKENS.get(name, IMAGE_TOKENS["openai"])
+    return low if detail == "low" else high

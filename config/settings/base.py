@@ -373,6 +373,10 @@ CELERY_BEAT_SCHEDULE["llm-usage-prune"] = {"task": "llm.usage_prune", "schedule"
 # addresses (the platform's own network); off by default, as self-hosted model servers
 # on a private network are common. Checked when the URL is saved.
 LLM_BLOCK_PRIVATE_BASE_URLS = env_bool("LLM_BLOCK_PRIVATE_BASE_URLS", False)
+# Anthropic prompt caching: mark the long stable prefix of a request (tools, system
+# prompt, the conversation before the newest turn) with cache_control, so a repeat
+# reads it at a tenth of the input price (apps/llm/providers/anthropic.py).
+LLM_ANTHROPIC_PROMPT_CACHE = env_bool("LLM_ANTHROPIC_PROMPT_CACHE", True)
 # Platform-wide default credentials; organizations may set their own.
 OPENAI_API_KEY = env_str("OPENAI_API_KEY", "")
 OPENAI_BASE_URL = env_str("OPENAI_BASE_URL", "")

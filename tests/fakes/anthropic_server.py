@@ -10,10 +10,22 @@ and headers such as Retry-After. The SDK's base_url is the origin (no /v1).
         client = AsyncAnthropic(base_url=fake.base_url, api_key="sk-ant-test", max_retries=0)
         fake.script(Reply.tool("get_weather", {"city": "Paris"}), Reply(usage=(100, 5, 80)))
 
-Reply.usage's third number is cache_read_input_tokens. See tests/fakes/llm_fake.py."""
+Reply.usage's third number is cache_read_input_tokens. See tests/fakes/llm_fake.py.
+
+Prompt caching, as Anthropic does it (when Reply.usage is not scripted): the prompt is
+tools, then system, then messages, block by block; a block marked `cache_control`
+ends a prefix that is written to the cache (cache_creation_input_tokens) when it is at
+least 1,024 tokens (2,048 for a Haiku model), and a later request whose prompt starts
+with a cached prefix, up to one of its marks, reads it (cache_read_input_tokens);
+input_tokens is the rest. More than 4 marks is the API's 400. `fake.prompt_cache`
+holds the cached prefixes (a hash each); cache_control never changes a prefix's hash.
+An image block counts 1,600 tokens; the default answer says how many images the last
+user turn held ("Echo: what is this? [1 image]"), and `fake.images(request)` lists the
+image blocks that arrived."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Iterator
@@ -40,6 +52,40 @@ ERROR_TYPES = {
     529: "overloaded_error",
 }
 STOP_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
+IMAGE_TOKENS = 1600
+MAX_CACHE_MARKS = 4
+
+
+def _without_cache_control(item: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in item.items() if key != "cache_control"}
+
+
+def _prompt_blocks(body: dict[str, Any]) -> list[tuple[dict[str, Any], int, bool]]:
+    """The prompt in Anthropic's caching order (tools, system, messages), block by block:
+    (the block as it counts for the prefix, its tokens, whether it carries cache_control)."""
+    blocks: list[tuple[dict[str, Any], int, bool]] = []
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict):
+            plain = _without_cache_control(tool)
+            blocks.append(({"tool": plain}, estimate_tokens(json.dumps(plain)), "cache_control" in tool))
+    system = body.get("system")
+    if isinstance(system, str) and system:
+        blocks.append(({"system": system}, estimate_tokens(system), False))
+    elif isinstance(system, list):
+        for block in system:
+            if isinstance(block, dict):
+                text = str(block.get("text", ""))
+                blocks.append(({"system": text}, estimate_tokens(text), "cache_control" in block))
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        items = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+        for index, block in enumerate(items):
+            if not isinstance(block, dict):
+                continue
+            tokens = IMAGE_TOKENS if block.get("type") == "image" else estimate_tokens(_text_of([block]))
+            plain = {"role": message.get("role"), "block": _without_cache_control(block)}
+            blocks.append((plain, tokens + (4 if index == 0 else 0), "cache_control" in block))
+    return blocks
 
 
 def _text_of(content: Any) -> str:
@@ -65,6 +111,7 @@ class FakeAnthropic(FakeLLMServer):
     def __init__(self) -> None:
         super().__init__()
         self.models = ["claude-3-5-haiku-20241022", "claude-sonnet-4-20250514"]
+        self.prompt_cache: set[str] = set()  # hashes of the cached prompt prefixes
 
     @property
     def base_url(self) -> str:
@@ -73,6 +120,53 @@ class FakeAnthropic(FakeLLMServer):
     @property
     def message_requests(self) -> list[RecordedRequest]:
         return [request for request in self.requests if request.path == "/v1/messages"]
+
+    @staticmethod
+    def images(request: RecordedRequest) -> list[dict[str, Any]]:
+        """The image blocks of a Messages request, in order."""
+        return [
+            block
+            for message in request.json.get("messages") or []
+            if isinstance(message.get("content"), list)
+            for block in message["content"]
+            if isinstance(block, dict) and block.get("type") == "image"
+        ]
+
+    @staticmethod
+    def cache_marks(request: RecordedRequest) -> int:
+        """How many blocks of a request carry cache_control."""
+        return sum(1 for _, _, marked in _prompt_blocks(request.json) if marked)
+
+    def reset(self) -> None:
+        super().reset()
+        with self.lock:
+            self.prompt_cache.clear()
+
+    def _cache_usage(self, body: dict[str, Any]) -> tuple[int, int, int]:
+        """(input tokens in all, read from the cache, written to it) for this prompt."""
+        minimum = 2048 if "haiku" in str(body.get("model", "")) else 1024
+        digest = hashlib.sha256()
+        total = 0
+        prefixes: list[tuple[str, int, bool]] = []  # after each block: hash, tokens, marked
+        for block, tokens, marked in _prompt_blocks(body):
+            digest.update(json.dumps(block, sort_keys=True).encode())
+            total += tokens
+            prefixes.append((digest.hexdigest(), total, marked))
+        marks = [index for index, (_, _, marked) in enumerate(prefixes) if marked]
+        if not marks:
+            return total, 0, 0
+        with self.lock:
+            read = max(
+                (tokens for key, tokens, _ in prefixes[: marks[-1] + 1] if key in self.prompt_cache),
+                default=0,
+            )
+            written = 0
+            for index in marks:
+                key, tokens, _ = prefixes[index]
+                if tokens >= minimum and key not in self.prompt_cache:
+                    self.prompt_cache.add(key)
+                    written = max(written, tokens - read)
+        return total, read, written
 
     def endpoint_of(self, request: RecordedRequest) -> str | None:
         return "chat" if request.path == "/v1/messages" else None
@@ -126,19 +220,23 @@ class FakeAnthropic(FakeLLMServer):
 
     def _answer(
         self, request: RecordedRequest, reply: Reply | None
-    ) -> tuple[list[dict[str, Any]], list[str], str, tuple[int, int, int]]:
-        """Content blocks, the raw JSON text of each tool_use block's input, stop reason, usage."""
+    ) -> tuple[list[dict[str, Any]], list[str], str, tuple[int, int, int, int]]:
+        """Content blocks, the raw JSON text of each tool_use block's input, stop reason, usage
+        (input, output, cache reads, cache writes)."""
         body = request.json
         if reply is None or reply.text is None:
-            last_user = next(
-                (
-                    _text_of(m.get("content"))
-                    for m in reversed(body.get("messages") or [])
-                    if m.get("role") == "user"
-                ),
-                "",
+            last: dict[str, Any] = next(
+                (m for m in reversed(body.get("messages") or []) if m.get("role") == "user"), {}
             )
-            text = f"Echo: {last_user}"
+            text = f"Echo: {_text_of(last.get('content'))}"
+            content = last.get("content")
+            seen = sum(
+                1
+                for block in (content if isinstance(content, list) else [])
+                if isinstance(block, dict) and block.get("type") == "image"
+            )
+            if seen:
+                text = f"{text} [{seen} image{'s' if seen > 1 else ''}]"
         else:
             text = reply.text
         blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
@@ -155,24 +253,36 @@ class FakeAnthropic(FakeLLMServer):
             raw_inputs.append(raw)
         finish = (reply.finish_reason if reply else None) or ("tool_calls" if raw_inputs else "stop")
         stop_reason = STOP_REASONS.get(finish, finish)
+        output = estimate_tokens(text + "".join(raw_inputs))
         if reply is not None and reply.usage is not None:
-            usage = reply.usage
+            usage = (*reply.usage, 0)
+        elif any(marked for _, _, marked in _prompt_blocks(body)):
+            total, read, written = self._cache_usage(body)
+            usage = (total - read - written, output, read, written)
         else:
-            usage = (self._input_tokens(body), estimate_tokens(text + "".join(raw_inputs)), 0)
+            usage = (self._input_tokens(body), output, 0, 0)
         return blocks, raw_inputs, stop_reason, usage
 
     @staticmethod
-    def _usage(usage: tuple[int, int, int]) -> dict[str, Any]:
+    def _usage(usage: tuple[int, int, int, int]) -> dict[str, Any]:
         return {
             "input_tokens": usage[0],
             "output_tokens": usage[1],
-            "cache_creation_input_tokens": 0,
+            "cache_creation_input_tokens": usage[3],
             "cache_read_input_tokens": usage[2],
         }
 
     def _messages(self, exchange: Exchange, request: RecordedRequest) -> None:
         reply = exchange.reply
         body = request.json
+        if self.cache_marks(request) > MAX_CACHE_MARKS:
+            self.send_error(
+                exchange,
+                Reply.error(
+                    400, f"A maximum of {MAX_CACHE_MARKS} blocks with cache_control may be provided."
+                ),
+            )
+            return
         model = str(body.get("model") or self.models[0])
         message_id = f"msg_{secrets.token_hex(12)}"
         if body.get("stream"):
@@ -206,7 +316,7 @@ class FakeAnthropic(FakeLLMServer):
             exchange.end_stream()
             return
         blocks, raw_inputs, stop_reason, usage = self._answer(request, reply)
-        start_usage = self._usage((usage[0], 1, usage[2]))
+        start_usage = self._usage((usage[0], 1, usage[2], usage[3]))
         exchange.event(
             {
                 "type": "message_start",

@@ -10,7 +10,10 @@ the last event with finishReason and usageMetadata), :countTokens, :embedContent
     with gemini_server() as fake:             # or the `gemini_fake` fixture
         client = genai.Client(api_key="test", http_options=HttpOptions(base_url=fake.base_url))
 
-Reply.usage's third number is cachedContentTokenCount. See tests/fakes/llm_fake.py."""
+Reply.usage's third number is cachedContentTokenCount. See tests/fakes/llm_fake.py.
+An image is an inlineData or fileData part: `fake.images(request)` lists those that
+arrived, the default answer says how many the last user turn held ("Echo: what is
+this? [1 image]"), and each counts 258 prompt tokens."""
 
 from __future__ import annotations
 
@@ -45,6 +48,19 @@ FINISH_REASONS = {"stop": "STOP", "tool_calls": "STOP", "length": "MAX_TOKENS", 
 MODEL_PATH = re.compile(r"^/(?P<version>v1\w*)/models/(?P<model>[^:/]+):(?P<method>\w+)$")
 
 
+IMAGE_KEYS = ("inlineData", "inline_data", "fileData", "file_data")
+
+
+def _image_parts(content: Any) -> list[dict[str, Any]]:
+    if not isinstance(content, dict):
+        return []
+    return [
+        part
+        for part in content.get("parts") or []
+        if isinstance(part, dict) and any(key in part for key in IMAGE_KEYS)
+    ]
+
+
 def _parts_text(content: Any) -> str:
     if not isinstance(content, dict):
         return ""
@@ -69,6 +85,11 @@ class FakeGemini(FakeLLMServer):
     @property
     def base_url(self) -> str:
         return self.origin
+
+    @staticmethod
+    def images(request: RecordedRequest) -> list[dict[str, Any]]:
+        """The inlineData/fileData parts of a generate request, in order."""
+        return [part for content in request.json.get("contents") or [] for part in _image_parts(content)]
 
     @property
     def generate_requests(self) -> list[RecordedRequest]:
@@ -139,7 +160,8 @@ class FakeGemini(FakeLLMServer):
         contents = body.get("contents") or []
         system = _parts_text(body.get("systemInstruction") or body.get("system_instruction"))
         return estimate_tokens(system) + sum(
-            estimate_tokens(_parts_text(content)) + 4 for content in contents
+            estimate_tokens(_parts_text(content)) + 4 + 258 * len(_image_parts(content))
+            for content in contents
         )
 
     def _answer(
@@ -147,15 +169,13 @@ class FakeGemini(FakeLLMServer):
     ) -> tuple[str, list[dict[str, Any]], str, tuple[int, int, int]]:
         body = request.json
         if reply is None or reply.text is None:
-            last_user = next(
-                (
-                    _parts_text(c)
-                    for c in reversed(body.get("contents") or [])
-                    if c.get("role", "user") == "user"
-                ),
-                "",
+            last: dict[str, Any] = next(
+                (c for c in reversed(body.get("contents") or []) if c.get("role", "user") == "user"), {}
             )
-            text = f"Echo: {last_user}"
+            text = f"Echo: {_parts_text(last)}"
+            seen = len(_image_parts(last))
+            if seen:
+                text = f"{text} [{seen} image{'s' if seen > 1 else ''}]"
         else:
             text = reply.text
         calls = []

@@ -49,6 +49,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before the response starts
     chunk_delay: float = 0.0  # streaming: seconds between events
+    stall_after_events: int | None = None  # streaming: after this many events, wait stall_seconds once
+    stall_seconds: float = 0.0
     raw_body: bytes | None = None  # sent as is (a malformed body); streaming: as one event's data
     raw_events: list[Any] | None = None  # streaming: these events' data (dicts as JSON) instead
     drop: bool = False  # close the connection without answering
@@ -181,6 +183,8 @@ class Exchange:
             raise Abort
         if self.events_sent and reply is not None and reply.chunk_delay:
             self.server.sleep(reply.chunk_delay)
+        if reply is not None and reply.stall_after_events == self.events_sent and reply.stall_seconds:
+            self.server.sleep(reply.stall_seconds)
         text = data if isinstance(data, str) else json.dumps(data)
         frame = (f"event: {event}\n" if event else "") + f"data: {text}\n\n"
         self._chunk(frame.encode())

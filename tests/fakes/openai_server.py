@@ -12,6 +12,11 @@ GET /v1/models and /v1/models/{id}. Errors use the real error body
         fake.script(Reply(text="hi"), Reply.error(429, "slow down", retry_after=1))
         ...
         fake.requests[0].json["messages"]
+        fake.images(fake.chat_requests[0])    # the image_url parts that arrived
+
+A user message's content may be content parts (text and image_url); the default answer
+then says how many images it saw ("Echo: what is this? [1 image]"), and each image
+counts 765 prompt tokens (85 at detail "low"), as OpenAI counts a 1024 px image.
 
 See tests/fakes/llm_fake.py for Reply (what can be scripted)."""
 
@@ -51,8 +56,22 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts
-        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        return " ".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
     return ""
+
+
+def _image_parts(content: Any) -> list[dict[str, Any]]:
+    if not isinstance(content, list):
+        return []
+    return [part for part in content if isinstance(part, dict) and part.get("type") == "image_url"]
+
+
+def _image_tokens(part: dict[str, Any]) -> int:
+    return 85 if (part.get("image_url") or {}).get("detail") == "low" else 765
 
 
 class FakeOpenAI(FakeLLMServer):
@@ -69,6 +88,11 @@ class FakeOpenAI(FakeLLMServer):
     @property
     def chat_requests(self) -> list[RecordedRequest]:
         return self.requests_to("/chat/completions")
+
+    @staticmethod
+    def images(request: RecordedRequest) -> list[dict[str, Any]]:
+        """The image_url content parts of a chat request, in order."""
+        return [part for m in request.json.get("messages") or [] for part in _image_parts(m.get("content"))]
 
     def endpoint_of(self, request: RecordedRequest) -> str | None:
         if request.path.endswith("/chat/completions"):
@@ -134,15 +158,13 @@ class FakeOpenAI(FakeLLMServer):
         body = request.json
         messages = body.get("messages") or []
         if reply is None or reply.text is None:
-            last_user = next(
-                (
-                    _content_text(message.get("content"))
-                    for message in reversed(messages)
-                    if message.get("role") == "user"
-                ),
-                "",
+            last: dict[str, Any] = next(
+                (message for message in reversed(messages) if message.get("role") == "user"), {}
             )
-            text: str | None = f"Echo: {last_user}"
+            text: str | None = f"Echo: {_content_text(last.get('content'))}"
+            seen = len(_image_parts(last.get("content")))
+            if seen:
+                text = f"{text} [{seen} image{'s' if seen > 1 else ''}]"
         else:
             text = reply.text
         calls: list[dict[str, Any]] = [
@@ -159,7 +181,12 @@ class FakeOpenAI(FakeLLMServer):
         if reply is not None and reply.usage is not None:
             prompt, completion, cached = reply.usage
         else:
-            prompt = sum(estimate_tokens(_content_text(message.get("content"))) + 4 for message in messages)
+            prompt = sum(
+                estimate_tokens(_content_text(message.get("content")))
+                + 4
+                + sum(_image_tokens(part) for part in _image_parts(message.get("content")))
+                for message in messages
+            )
             completion = estimate_tokens(
                 (text or "") + "".join(call["function"]["arguments"] for call in calls)
             )

@@ -422,7 +422,7 @@ def test_bad_requests_are_400_naming_the_parameter_and_send_nothing(
         (
             {
                 "model": "gpt-4o-mini",
-                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+                "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}],
             },
             "messages[0].content[0]",
             "unsupported_content",

@@ -1,10 +1,23 @@
 """Anthropic through the official `anthropic` SDK (AsyncAnthropic, Messages API).
 
-Our conversation differs from Anthropic's in three ways this adapter bridges:
+Our conversation differs from Anthropic's in four ways this adapter bridges:
 system messages go in the separate `system` parameter; an assistant's tool calls are
 `tool_use` content blocks and their results `tool_result` blocks in the next user
-turn (several results of one turn in one message); and `input_tokens` excludes the
-prompt-cache reads and writes, which our Usage counts inside input_tokens.
+turn (several results of one turn in one message); images are `image` blocks before
+the text (a base64 source for a data: URL, a url source otherwise); and
+`input_tokens` excludes the prompt-cache reads and writes, which our Usage counts
+inside input_tokens (reads also in cached_tokens, so metering prices them at the
+catalog's cached price; writes, which Anthropic bills at 1.25x, at the input price).
+
+Prompt caching (LLM_ANTHROPIC_PROMPT_CACHE, on by default): Anthropic caches a
+prompt's prefix up to a block marked `cache_control: {"type": "ephemeral"}` for five
+minutes, and reads it at a tenth of the input price. Up to 4 marks are allowed, and a
+prefix shorter than the model's minimum (1,024 tokens; 2,048 for Haiku) is not cached,
+so a mark goes only where the prefix before it is long enough (our estimate, which
+errs high): after the last tool definition (the tools), on the system prompt (tools
+and system), and on the last block before the newest user turn (the conversation so
+far: on the next turn, Anthropic finds this prefix again by looking back from that
+turn's mark). At most these three.
 
 The SDK's own retries are off (max_retries=0): the gateway retries."""
 
@@ -17,6 +30,7 @@ from typing import Any, ClassVar
 import anthropic
 import httpx2
 from anthropic import AsyncAnthropic
+from django.conf import settings
 
 from apps.llm.providers.base import (
     MalformedResponse,
@@ -28,8 +42,17 @@ from apps.llm.providers.base import (
 )
 from apps.llm.providers.http_errors import error_for_status
 from apps.llm.providers.registry import register_provider
-from apps.llm.tokens import estimate_message_tokens, family_of
-from apps.llm.types import ChatRequest, ChatResponse, FinishReason, Message, StreamChunk, ToolCall, Usage
+from apps.llm.tokens import estimate_message_tokens, estimate_text_tokens, estimate_tool_tokens, family_of
+from apps.llm.types import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    ImagePart,
+    Message,
+    StreamChunk,
+    ToolCall,
+    Usage,
+)
 
 STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -55,6 +78,9 @@ DEFAULT_MAX_TOKENS = 4096  # Anthropic requires a limit; ours when the request s
 JSON_INSTRUCTION = "Answer with one JSON object only, no text before or after it."
 SHAPE_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
 PROVIDER = "anthropic"
+CACHE_CONTROL = {"type": "ephemeral"}
+CACHE_MIN_TOKENS = 1024  # the shortest prefix Anthropic caches (Sonnet, Opus)
+CACHE_MIN_TOKENS_HAIKU = 2048
 
 
 def map_anthropic_error(exc: BaseException) -> ProviderError:
@@ -119,9 +145,61 @@ def anthropic_messages(messages: Iterable[Message]) -> tuple[str, list[dict[str,
             ]
             if blocks:
                 add("assistant", blocks)
+        elif message.images:
+            blocks = [_image_block(image) for image in message.images]
+            if message.content:
+                blocks.append({"type": "text", "text": message.content})
+            add("user", blocks)
         else:
             add("user", [{"type": "text", "text": message.content or ""}])
     return "\n\n".join(system), result
+
+
+def _image_block(image: ImagePart) -> dict[str, Any]:
+    if image.is_data:
+        media_type, data = image.data()
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": image.url}}
+
+
+def prompt_cache_enabled() -> bool:
+    return bool(getattr(settings, "LLM_ANTHROPIC_PROMPT_CACHE", True))
+
+
+def _cache_min_tokens(model: str) -> int:
+    return CACHE_MIN_TOKENS_HAIKU if "haiku" in model.lower() else CACHE_MIN_TOKENS
+
+
+def mark_cache_breakpoints(body: dict[str, Any], request: ChatRequest) -> None:
+    """Add cache_control marks to a Messages API body where the prefix is long enough
+    (see the module's docstring): the last tool, the system prompt, and the last block
+    before the newest user turn."""
+    family = family_of(PROVIDER)
+    minimum = _cache_min_tokens(str(body["model"]))
+    prefix = 0
+    tools = body.get("tools") or []
+    if tools:
+        prefix += estimate_tool_tokens(request.tools, family)
+        if prefix >= minimum:
+            tools[-1]["cache_control"] = dict(CACHE_CONTROL)
+    system = body.get("system")
+    if system:
+        prefix += estimate_text_tokens(str(system), family)
+        if prefix >= minimum:
+            body["system"] = [{"type": "text", "text": system, "cache_control": dict(CACHE_CONTROL)}]
+    messages = body["messages"]
+    if len(messages) < 2 or messages[-1]["role"] != "user":
+        return
+    # Our messages before the newest user turn (its trailing user and tool messages),
+    # system messages aside: what Anthropic's messages[:-1] hold.
+    turns = [message for message in request.messages if message.role != "system"]
+    newest = len(turns)
+    while newest and turns[newest - 1].role in ("user", "tool"):
+        newest -= 1
+    prefix += estimate_message_tokens(turns[:newest], family) - family.per_reply
+    blocks = messages[-2]["content"]
+    if prefix >= minimum and blocks:
+        blocks[-1]["cache_control"] = dict(CACHE_CONTROL)
 
 
 def _usage(usage: Any) -> Usage:
@@ -179,6 +257,8 @@ class AnthropicProvider(Provider):
                 body["tool_choice"] = {"type": "tool", "name": choice}
         if request.stop:
             body["stop_sequences"] = list(request.stop)
+        if prompt_cache_enabled():
+            mark_cache_breakpoints(body, request)
         # Sampling knobs the SDK no longer lists; the API takes them for the models that allow them.
         if request.temperature is not None:
             extra["temperature"] = request.temperature

@@ -10,10 +10,13 @@ never aiohttp, whatever else is installed.
 Gemini's shapes: system messages go in `system_instruction`; the assistant is the
 "model" role; a tool call is a functionCall part and its result a functionResponse
 part that names the function (not the call id), so the adapter remembers which id
-was which name. Gemini may give no call ids; we make random ones."""
+was which name. Gemini may give no call ids; we make random ones. An image is an
+inline_data part (the bytes of a data: URL) or a file_data part (an https URL, with
+the media type its file name suggests), after the message's text."""
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterable
@@ -40,6 +43,7 @@ from apps.llm.types import (
     ChatResponse,
     EmbeddingResponse,
     FinishReason,
+    ImagePart,
     Message,
     StreamChunk,
     ToolCall,
@@ -118,9 +122,21 @@ def gemini_contents(messages: Iterable[Message]) -> tuple[str, list[genai_types.
                 )
             if parts:
                 add("model", parts)
+        elif message.images:
+            parts = [genai_types.Part(text=message.content)] if message.content else []
+            add("user", parts + [_image_part(image) for image in message.images])
         else:
             add("user", [genai_types.Part(text=message.content or "")])
     return "\n\n".join(system), contents
+
+
+def _image_part(image: ImagePart) -> genai_types.Part:
+    if image.is_data:
+        media_type, data = image.data()
+        return genai_types.Part(
+            inline_data=genai_types.Blob(mime_type=media_type, data=base64.b64decode(data))
+        )
+    return genai_types.Part(file_data=genai_types.FileData(file_uri=image.url, mime_type=image.media_type()))
 
 
 def _usage(metadata: Any) -> Usage | None:

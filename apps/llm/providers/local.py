@@ -509,6 +509,10 @@ class _Prepared:
 
 
 def _prepare(request: ChatRequest) -> _Prepared:
+    if any(message.images for message in request.messages):
+        raise InvalidProviderRequest(
+            "The local model reads text only: send images to a model with vision.", provider="local"
+        )
     tools = _tools_wanted(request)
     extra = _tool_prompt(tools, request.tool_choice) if tools else ""
     return _Prepared(

@@ -103,12 +103,25 @@ def openai_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
                 }
                 for call in message.tool_calls
             ]
+        elif message.images:
+            item["content"] = openai_content_parts(message)
         else:
             item["content"] = message.content or ""
         if message.name and message.role != "tool":
             item["name"] = message.name
         result.append(item)
     return result
+
+
+def openai_content_parts(message: Message) -> list[dict[str, Any]]:
+    """A user message with images as content parts: its text, then an image_url part each."""
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+    for image in message.images:
+        url: dict[str, Any] = {"url": image.url}
+        if image.detail != "auto":
+            url["detail"] = image.detail
+        parts.append({"type": "image_url", "image_url": url})
+    return parts
 
 
 JSON_INSTRUCTION = "Answer with one JSON object only, no text before or after it."
