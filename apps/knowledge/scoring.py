@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 HALF_LIFE_DAYS: Final = 90.0
 RECENCY_FLOOR: Final = 0.5
@@ -63,3 +63,14 @@ def retention_score(
 def candidates(k: int) -> int:
     """How many nearest items to ask the index for, to re-rank down to k."""
     return max(1, min(MAX_CANDIDATES, k * OVERFETCH))
+
+
+def retention_sql(now: datetime) -> tuple[str, list[Any]]:
+    """`retention_score` as a PostgreSQL expression over knowledge_chunk's columns, with its
+    parameters: pruning orders by it without loading the rows."""
+    last_used_sql = "GREATEST(created_at, COALESCE(last_retrieved_at, created_at))"
+    sql = (
+        f"GREATEST(%s, power(0.5, GREATEST(0, extract(epoch from (%s - {last_used_sql})) / 86400.0) / %s))"
+        " * (1 + ln(1 + useful_count) / %s)"
+    )
+    return sql, [RECENCY_FLOOR, now, HALF_LIFE_DAYS, USAGE_DAMPING]

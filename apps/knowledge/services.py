@@ -141,7 +141,7 @@ def _lock_source(source: KnowledgeSource) -> KnowledgeSource:
     return locked
 
 
-def _refresh_count(source: KnowledgeSource) -> None:
+def refresh_count(source: KnowledgeSource) -> None:
     source.chunk_count = KnowledgeChunk.objects.filter(source=source, superseded_at__isnull=True).count()
     KnowledgeSource.objects.filter(pk=source.pk).update(
         chunk_count=source.chunk_count, updated_at=timezone.now()
@@ -361,7 +361,7 @@ def chunks_put(
                     for position, chunk, digest in new
                 ]
             )
-        _refresh_count(locked)
+        refresh_count(locked)
         _sync_or_leave_pending([*added, *to_supersede])
     return PutResult(added=len(added), unchanged=unchanged, superseded=len(to_supersede))
 
@@ -381,7 +381,7 @@ def path_delete(*, source: KnowledgeSource, path: str) -> int:
         )
         for row in rows:
             row.superseded_at, row.indexed_at = now, None
-        _refresh_count(locked)
+        refresh_count(locked)
         _sync_or_leave_pending(rows)
     return len(rows)
 
