@@ -71,6 +71,7 @@ def _with_content(message: Message, content: str) -> Message:
         tool_call_id=message.tool_call_id,
         name=message.name,
         pinned=message.pinned,
+        images=message.images,
     )
 
 

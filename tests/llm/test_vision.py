@@ -13,6 +13,7 @@ import pytest
 
 from apps.core.errors import Invalid
 from apps.llm import services
+from apps.llm.context import estimating_counter, truncate_message
 from apps.llm.errors import GatewayError
 from apps.llm.gateway import gateway, gateway_reset
 from apps.llm.providers.base import InvalidProviderRequest, ProviderConfig
@@ -288,3 +289,11 @@ def test_the_cost_estimate_counts_the_images(world: World, openai_platform: Fake
     )
     assert seen["input_tokens"] - plain["input_tokens"] == 2 * 765
     assert seen["usd_low"] > plain["usd_low"]
+
+
+def test_cutting_a_long_message_to_fit_keeps_its_images() -> None:
+    message = Message(role="user", content="log line\n" * 5000, images=(ImagePart(PNG_URL),))
+    cut = truncate_message(message, max_tokens=2000, count_tokens=estimating_counter("openai"))
+    assert len(cut.content or "") < len(message.content or "")
+    assert cut.images == message.images
+    assert estimating_counter("openai")([cut]) <= 2000  # the image's 765 tokens counted in
