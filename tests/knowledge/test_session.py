@@ -56,8 +56,6 @@ def test_the_least_recently_used_item_goes_first_when_full() -> None:
     assert memory.evicted == 1
     # The freed row is reused: searches still find the right texts.
     assert all(not hit.item.text.startswith("beta") for hit in memory.search("where are the docs?", k=3))
-        ("gamma", "alpha", "delta")
-    )
     assert memory.search("Redis cache", k=1)[0].item.text.startswith("delta")
 
 
