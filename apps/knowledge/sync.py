@@ -57,8 +57,17 @@ class DistilResult:
     credited: int = 0  # retrieved chunks credited as useful (a succeeded run)
     already: bool = False  # the run had been distilled before: nothing changed now
 
-    def as_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if key not in {"run_id", "already"}}
+    def as_dict(self) -> dict[str, int]:
+        """The counts, as recorded on the run's KnowledgeRunSync."""
+        return {key: value for key, value in asdict(self).items() if key in COUNTS}
+
+    @classmethod
+    def recorded(cls, record: KnowledgeRunSync) -> DistilResult:
+        counts = {key: int(value) for key, value in (record.result or {}).items() if key in COUNTS}
+        return cls(run_id=record.run_id, outcome=record.outcome, already=True, **counts)
+
+
+COUNTS: Final = frozenset({"added", "superseded", "duplicates", "credited"})
 
 
 def preload(*, organization: Organization, run_id: str, task_text: str, k: int = 5) -> list[services.Hit]:
@@ -207,7 +216,7 @@ def distil(*, organization: Organization, run_id: str, outcome: str, summary: st
     summary = (summary or "").strip()[:MAX_SUMMARY_CHARS]
     done = KnowledgeRunSync.objects.filter(run_id=run_id).first()
     if done is not None:
-        return DistilResult(run_id=run_id, outcome=done.outcome, already=True, **done.result)
+        return DistilResult.recorded(done)
 
     memory = session_find(run_id)
     items = memory.kept_items() if memory is not None else []
@@ -221,7 +230,7 @@ def distil(*, organization: Organization, run_id: str, outcome: str, summary: st
             record.save(update_fields=["result"])
     except IntegrityError:  # distilled at the same time by another process: its result stands
         done = KnowledgeRunSync.objects.get(run_id=run_id)
-        return DistilResult(run_id=run_id, outcome=done.outcome, already=True, **done.result)
+        return DistilResult.recorded(done)
     logger.info("Run %s distilled: %s", run_id, result.as_dict())
     return result
 
