@@ -11,13 +11,15 @@ A chat call, in order:
      MissingCredentials, ContextTooLong refuse here, before anything is sent;
   3. caches (apps/llm/cache.py): L1, L2 exact (unless CallContext.cache is False),
      L3 semantic (when asked for): a hit answers at once, free;
-  4. budgets (apps/llm/budgets.py): BudgetExceeded, 402, nothing sent;
+  4. budgets (apps/llm/budgets.py): the call's least cost is held on each budget
+     that applies, in a ledger every process shares; BudgetExceeded, 402, nothing sent;
   5. each candidate in turn: skip it while its provider's circuit is open, wait
      for a slot in the provider's fair queue (apps/llm/queue.py), call with a
      timeout, retry retryable errors with backoff (apps/llm/resilience.py), then
      move on to the next; a bad request (400 from the provider) stops at once;
-  6. meter the call (apps/llm/metering.py; failures cost nothing), store it in
-     the caches, and record the route.
+  6. meter the call (apps/llm/metering.py; failures cost nothing), settle the
+     budgets' hold at its cost (release it when the call failed), store it in the
+     caches, and record the route.
 
 Streams fail over only before their first chunk; an error after it raises
 ProviderFailed (code of the provider's error) at the consumer's next read.
@@ -47,7 +49,7 @@ from django.conf import settings
 
 from apps.core.errors import Invalid, ServiceError
 from apps.llm import selectors
-from apps.llm.budgets import budgets_check
+from apps.llm.budgets import NO_HOLD, BudgetHold, budgets_reserve
 from apps.llm.cache import ResponseCache, cache_clear_shared, exact_key
 from apps.llm.catalog import ALIASES
 from apps.llm.errors import BudgetExceeded, InvalidTool, ProviderFailed
@@ -439,7 +441,7 @@ class Gateway:
                     response = self._cached(cached, "l3", plan, primary, context, started)
                     response.route["semantic_cache"] = semantic_note
                     return response
-        await budgets_check(
+        hold = await budgets_reserve(
             config=config,
             context=context,
             estimate_usd=primary.model.cost(plan.prompt_tokens, 0),
@@ -458,6 +460,10 @@ class Gateway:
                 continue
             except ProviderFailed:
                 self.meter.record(context=context, model=model.name, provider=model.provider, failed=True)
+                await hold.release()
+                raise
+            except BaseException:  # cancelled (the caller went away): nothing billed, the hold goes now
+                await hold.release()
                 raise
             usage = response.usage
             cost = model.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
@@ -469,6 +475,7 @@ class Gateway:
                 cost_usd=cost,
                 latency_ms=latency_ms,
             )
+            await hold.settle(cost)
             response = replace(response, model=model.name, provider=model.provider)
             if response.finish_reason != "error":
                 if key is not None:
@@ -490,6 +497,7 @@ class Gateway:
         self.meter.record(
             context=context, model=primary.model.name, provider=primary.model.provider, failed=True
         )
+        await hold.release()
         await self._flush_if_due()
         raise _failed(last_error, primary.model.name, attempts)
 
@@ -536,7 +544,7 @@ class Gateway:
                 )
                 yield StreamChunk(finish_reason=cached.finish_reason, usage=Usage(), model=cached.model)
                 return
-        await budgets_check(
+        hold = await budgets_reserve(
             config=config,
             context=context,
             estimate_usd=primary.model.cost(plan.prompt_tokens, 0),
@@ -576,14 +584,21 @@ class Gateway:
                     continue
                 except ProviderFailed:
                     self.meter.record(context=context, model=model.name, provider=model.provider, failed=True)
+                    await hold.release()
                     raise
-                relay = self._relay(first, opened["iterator"], model, config, plan, context, key, started)
+                except BaseException:  # cancelled before the first chunk: nothing billed
+                    await hold.release()
+                    raise
+                relay = self._relay(
+                    first, opened["iterator"], model, config, plan, context, key, started, hold=hold
+                )
                 async for chunk in relay:
                     yield chunk
                 return
         self.meter.record(
             context=context, model=primary.model.name, provider=primary.model.provider, failed=True
         )
+        await hold.release()
         raise _failed(last_error, primary.model.name, attempts)
 
     async def _relay(
@@ -596,17 +611,20 @@ class Gateway:
         context: CallContext,
         key: str | None,
         started: float,
+        *,
+        hold: BudgetHold = NO_HOLD,
     ) -> AsyncIterator[StreamChunk]:
         """Pass the stream on (after its first chunk no fallback: errors end it), then meter and cache it."""
         try:
             async for chunk in self._relay_chunks(
-                first, iterator, model, config, plan, context, key, started
+                first, iterator, model, config, plan, context, key, started, hold=hold
             ):
                 yield chunk
         finally:
             close = getattr(iterator, "aclose", None)
             if close is not None:
                 await close()
+            await hold.settle_held()  # still open: the consumer stopped early
 
     async def _relay_chunks(
         self,
@@ -618,6 +636,8 @@ class Gateway:
         context: CallContext,
         key: str | None,
         started: float,
+        *,
+        hold: BudgetHold = NO_HOLD,
     ) -> AsyncIterator[StreamChunk]:
         text: list[str] = []
         calls: list[ToolCall] = []
@@ -642,6 +662,7 @@ class Gateway:
                 self.router.stats.record(model.name, ok=False)
                 self.breaker_for(model, config).record_failure(error)
                 self.meter.record(context=context, model=model.name, provider=model.provider, failed=True)
+                await hold.release()
                 failure = ProviderFailed(
                     f"{model.name}: the stream broke after it started ({error.message})", code=error.code
                 )
@@ -666,6 +687,7 @@ class Gateway:
             cost_usd=cost,
             latency_ms=(time.perf_counter() - started) * 1000,
         )
+        await hold.settle(cost)
         finish_reason = finish.finish_reason if finish is not None and finish.finish_reason else "stop"
         if key is not None and finish_reason != "error":
             response = ChatResponse(
@@ -692,7 +714,7 @@ class Gateway:
         info = self.router.lookup_embedding(catalog, model)
         self.router.check_usable(info, config)
         tokens = sum(len(text) for text in inputs) // 4 + len(inputs)
-        await budgets_check(
+        hold = await budgets_reserve(
             config=config, context=context, estimate_usd=info.cost(tokens, 0), meter=self.meter
         )
         attempts: list[dict[str, Any]] = []
@@ -704,9 +726,14 @@ class Gateway:
             response, _ = await self._try_model(info, config, context, attempts, call)
         except _ModelFailed as failed:
             self.meter.record(context=context, model=info.name, provider=info.provider, failed=True)
+            await hold.release()
             raise _failed(failed.error, info.name, attempts) from None
         except ProviderFailed:
             self.meter.record(context=context, model=info.name, provider=info.provider, failed=True)
+            await hold.release()
+            raise
+        except BaseException:  # cancelled (the caller went away): nothing billed
+            await hold.release()
             raise
         cost = info.cost(response.usage.input_tokens, 0)
         self.meter.record(
@@ -717,6 +744,7 @@ class Gateway:
             cost_usd=cost,
             latency_ms=(time.perf_counter() - started) * 1000,
         )
+        await hold.settle(cost)
         await self._flush_if_due()
         return replace(response, model=info.name, provider=info.provider)
 

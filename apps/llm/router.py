@@ -34,18 +34,27 @@ Images (Message.images) need a model with `vision` in the catalog: naming one
 without is a 400 saying so, before anything is sent; `auto` and every fallback
 chain keep only models with vision (the local model has none).
 
-Observed latency and error rate are exponential moving averages per model, kept in
-this process (alpha LLM_ROUTER_EMA_ALPHA, default 0.2).
+Observed latency and error rate are exponential moving averages per model (alpha
+LLM_ROUTER_EMA_ALPHA, default 0.2), kept in each process and shared through Redis
+every LLM_ROUTER_STATS_SYNC_SECONDS (ModelStats), so a model failing in one worker is
+avoided by the others within seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import re
+import socket
 import threading
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import redis
 from django.conf import settings
 
 from apps.llm.catalog import ALIASES, AUTO_MODEL, LOCAL_MODEL
@@ -66,18 +75,76 @@ CODE_LINE = re.compile(
     re.MULTILINE,
 )
 
+logger = logging.getLogger(__name__)
+
+
+STATS_KEY = "llm:router:stats:v1"  # a hash: one field per process (ModelStats instance)
+# Another process's average for a model counts this long after its last sample there.
+STATS_FRESH_SECONDS = 60.0
+
+_stats_clients: dict[str, redis.Redis] = {}
+
+
+def _stats_redis() -> redis.Redis:
+    url = str(settings.REDIS_URL)
+    client = _stats_clients.get(url)
+    if client is None:
+        client = _stats_clients.setdefault(
+            url, redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        )
+    return client
+
+
+@dataclass
+class _Shared:
+    """The other processes' fresh averages for one model, as weighted sums."""
+
+    error_weight: float = 0.0
+    error_sum: float = 0.0
+    latency_weight: float = 0.0
+    latency_sum: float = 0.0
+    processes: int = 0
+
 
 class ModelStats:
-    """Moving averages of latency and errors per model, in this process."""
+    """Moving averages of latency and errors per model: this process's own, merged with
+    those the gateway's other processes publish.
+
+    The hot path (record, error_rate, latency_ms) touches memory only. When a sync is
+    due (every LLM_ROUTER_STATS_SYNC_SECONDS at most; 0 keeps averages per process) a
+    background thread publishes this instance's averages to a field of one Redis hash,
+    each with its weight (its recent sample count, decayed like the average, so at most
+    1/alpha) and the time of its last sample, and reads the other fields, ignoring an
+    average whose last sample is over STATS_FRESH_SECONDS old. Reads weigh this
+    process's averages and the others' by those weights; this process's own count
+    while fresh, or alone when no other process has fresh ones. The thread syncs again
+    every interval while samples keep coming, so the last ones are published too.
+    With Redis unreachable each process uses its own averages (logged once).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._latency: dict[str, float] = {}
         self._errors: dict[str, float] = {}
+        self._error_weights: dict[str, float] = {}
+        self._latency_weights: dict[str, float] = {}
+        self._last_sample: dict[str, float] = {}  # wall clock: compared across processes
+        self._shared: dict[str, _Shared] = {}
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._next_sync = 0.0  # monotonic; the first read or sample syncs
+        self._syncing = False
+        self._dirty = False  # samples since the last publish
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outage_logged = False
 
     @property
     def alpha(self) -> float:
         return float(getattr(settings, "LLM_ROUTER_EMA_ALPHA", 0.2))
+
+    @staticmethod
+    def sync_seconds() -> float:
+        return float(getattr(settings, "LLM_ROUTER_STATS_SYNC_SECONDS", 5))
 
     def record(self, model: str, *, ok: bool, latency_ms: float | None = None) -> None:
         alpha = self.alpha
@@ -85,25 +152,189 @@ class ModelStats:
             previous = self._errors.get(model)
             sample = 0.0 if ok else 1.0
             self._errors[model] = sample if previous is None else previous + alpha * (sample - previous)
+            self._error_weights[model] = self._error_weights.get(model, 0.0) * (1 - alpha) + 1
             if ok and latency_ms is not None:
                 latency = self._latency.get(model)
                 self._latency[model] = (
                     latency_ms if latency is None else latency + alpha * (latency_ms - latency)
                 )
+                self._latency_weights[model] = self._latency_weights.get(model, 0.0) * (1 - alpha) + 1
+            self._last_sample[model] = time.time()
+            self._dirty = True
+        self._maybe_sync()
+
+    def _own_is_fresh(self, model: str) -> bool:
+        last = self._last_sample.get(model)
+        return last is not None and time.time() - last <= STATS_FRESH_SECONDS
 
     def latency_ms(self, model: str) -> float | None:
-        return self._latency.get(model)
+        self._maybe_sync()
+        own = self._latency.get(model)
+        shared = self._shared.get(model)
+        if shared is None or not shared.latency_weight:
+            return own
+        weight, total = shared.latency_weight, shared.latency_sum
+        if own is not None and self._own_is_fresh(model):
+            own_weight = self._latency_weights.get(model, 1.0)
+            weight += own_weight
+            total += own_weight * own
+        return total / weight
 
     def error_rate(self, model: str) -> float:
-        return self._errors.get(model, 0.0)
+        self._maybe_sync()
+        own = self._errors.get(model)
+        shared = self._shared.get(model)
+        if shared is None or not shared.error_weight:
+            return own or 0.0
+        weight, total = shared.error_weight, shared.error_sum
+        if own is not None and self._own_is_fresh(model):
+            own_weight = self._error_weights.get(model, 1.0)
+            weight += own_weight
+            total += own_weight * own
+        return total / weight
 
     def snapshot(self) -> dict[str, dict[str, float | None]]:
+        """Per model: the merged averages, and how many processes' samples they merge."""
+        self._maybe_sync()
         with self._lock:
-            names = set(self._latency) | set(self._errors)
-            return {
-                name: {"latency_ms": self._latency.get(name), "error_rate": self._errors.get(name, 0.0)}
-                for name in sorted(names)
+            names = set(self._latency) | set(self._errors) | set(self._shared)
+        view: dict[str, dict[str, float | None]] = {}
+        for name in sorted(names):
+            shared = self._shared.get(name)
+            own = name in self._errors and (shared is None or self._own_is_fresh(name))
+            view[name] = {
+                "latency_ms": self.latency_ms(name),
+                "error_rate": self.error_rate(name),
+                "processes": int(own) + (shared.processes if shared else 0),
             }
+        return view
+
+    # --- sharing with the other processes (off the hot path) -----------------
+
+    def _maybe_sync(self) -> None:
+        if time.monotonic() < self._next_sync or self._syncing:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_sync or self._syncing:
+                return
+            interval = self.sync_seconds()
+            if interval <= 0 or self._stopped.is_set():
+                self._next_sync = now + 1.0  # sharing is off: look at the setting again later
+                return
+            self._next_sync = now + interval
+            self._syncing = True
+            self._thread = threading.Thread(
+                target=self._sync_while_busy, name="llm-router-stats", daemon=True
+            )
+        self._thread.start()
+
+    def _sync_while_busy(self) -> None:
+        """Sync now, then every interval for as long as new samples keep coming."""
+        try:
+            while True:
+                self.sync()
+                with self._lock:
+                    interval = self.sync_seconds()
+                    if not self._dirty or self._stopped.is_set() or interval <= 0:
+                        return
+                    wait = self._next_sync - time.monotonic()
+                if self._stopped.wait(max(wait, 0.0)):
+                    return
+                with self._lock:
+                    self._next_sync = time.monotonic() + interval
+        except Exception:  # a bug here must not end routing; the next due read starts again
+            logger.exception("Sharing the router's moving averages failed")
+        finally:
+            with self._lock:
+                self._syncing = False
+
+    def sync(self) -> bool:
+        """Publish this process's averages and read the others' (blocking: a background
+        thread calls it). False when Redis could not be reached."""
+        wall = time.time()
+        with self._lock:
+            self._dirty = False
+            mine = {
+                name: {
+                    "error_rate": rate,
+                    "error_weight": self._error_weights.get(name, 1.0),
+                    "latency_ms": self._latency.get(name),
+                    "latency_weight": self._latency_weights.get(name, 0.0),
+                    "last": self._last_sample[name],
+                }
+                for name, rate in self._errors.items()
+                if wall - self._last_sample.get(name, 0.0) <= STATS_FRESH_SECONDS
+            }
+        client = _stats_redis()
+        try:
+            pipe = client.pipeline(transaction=False)
+            if mine and not self._stopped.is_set():
+                pipe.hset(STATS_KEY, self.instance, json.dumps({"at": wall, "models": mine}))
+            else:
+                pipe.hdel(STATS_KEY, self.instance)
+            pipe.expire(STATS_KEY, 3600)  # gone an hour after the last process stopped
+            pipe.hgetall(STATS_KEY)
+            entries: dict[bytes, bytes] = pipe.execute()[-1]
+        except (redis.RedisError, OSError):
+            self._shared = {}
+            if not self._outage_logged:
+                self._outage_logged = True
+                logger.warning(
+                    "Redis is unreachable: the router uses this process's own moving averages",
+                    exc_info=True,
+                )
+            return False
+        self._outage_logged = False
+        self._shared = self._merge_others(entries, wall, client)
+        return True
+
+    def _merge_others(
+        self, entries: dict[bytes, bytes], wall: float, client: redis.Redis
+    ) -> dict[str, _Shared]:
+        shared: dict[str, _Shared] = {}
+        gone: list[bytes] = []
+        for field_name, raw in entries.items():
+            if field_name.decode() == self.instance:
+                continue
+            try:
+                entry = json.loads(raw)
+                if wall - float(entry["at"]) > STATS_FRESH_SECONDS:
+                    gone.append(field_name)  # that process stopped calling (or stopped)
+                    continue
+                for model, values in entry["models"].items():
+                    if wall - float(values["last"]) > STATS_FRESH_SECONDS:
+                        continue
+                    total = shared.setdefault(str(model), _Shared())
+                    weight = float(values["error_weight"])
+                    total.error_weight += weight
+                    total.error_sum += weight * float(values["error_rate"])
+                    if values.get("latency_ms") is not None and float(values["latency_weight"]) > 0:
+                        total.latency_weight += float(values["latency_weight"])
+                        total.latency_sum += float(values["latency_weight"]) * float(values["latency_ms"])
+                    total.processes += 1
+            except (ValueError, KeyError, TypeError, AttributeError):
+                gone.append(field_name)  # not ours to read (another version): dropped
+        if gone:
+            with contextlib.suppress(redis.RedisError, OSError):
+                client.hdel(STATS_KEY, *gone)
+        return shared
+
+    def stop_sharing(self) -> None:
+        """Stop syncing and take this instance's averages out of the shared hash."""
+        self._stopped.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
+        with contextlib.suppress(redis.RedisError, OSError):
+            _stats_redis().hdel(STATS_KEY, self.instance)
+        self._shared = {}
+
+
+def shared_stats_clear() -> None:
+    """Forget every process's published averages (tests)."""
+    with contextlib.suppress(redis.RedisError, OSError):
+        _stats_redis().delete(STATS_KEY)
 
 
 def estimate_tokens(request: ChatRequest, provider_kind: str = "openai") -> int:

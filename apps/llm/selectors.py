@@ -239,10 +239,10 @@ def period_start(period: str, now: datetime | None = None) -> datetime | None:
     return None
 
 
-def budget_spent(*, organization_id: int, budget: BudgetInfo) -> float:
-    """Written spend in the budget's period (from the daily roll-ups; UTC days)."""
+def budget_spent(*, organization_id: int, budget: BudgetInfo, now: datetime | None = None) -> float:
+    """Written spend in the budget's period as of `now` (from the daily roll-ups; UTC days)."""
     rows = UsageDaily.objects.filter(organization_id=organization_id)
-    start = period_start(budget.period)
+    start = period_start(budget.period, now)
     if start is not None:
         rows = rows.filter(day__gte=start.date())
     if budget.scope == Budget.Scope.API_KEY:

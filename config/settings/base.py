@@ -368,6 +368,10 @@ LLM_QUEUE_ORGANIZATION_CONCURRENCY = env_int("LLM_QUEUE_ORGANIZATION_CONCURRENCY
 LLM_METERING_BATCH_SIZE = env_int("LLM_METERING_BATCH_SIZE", 500)
 LLM_METERING_FLUSH_SECONDS = env_int("LLM_METERING_FLUSH_SECONDS", 5)
 LLM_USAGE_HOURLY_RETENTION_DAYS = env_int("LLM_USAGE_HOURLY_RETENTION_DAYS", 14)
+# How often (at most, in seconds) each process shares its moving averages of model
+# latency and errors with the others through Redis, so a model failing in one worker is
+# avoided by every worker within seconds (apps/llm/router.py, ModelStats); 0: per process.
+LLM_ROUTER_STATS_SYNC_SECONDS = float(env_str("LLM_ROUTER_STATS_SYNC_SECONDS", "5"))
 CELERY_BEAT_SCHEDULE["llm-usage-prune"] = {"task": "llm.usage_prune", "schedule": 3600.0}
 # Refuse organizations' provider base URLs that lead to loopback, private or link-local
 # addresses (the platform's own network); off by default, as self-hosted model servers

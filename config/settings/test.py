@@ -25,3 +25,6 @@ REDIS_URL = TEST_REDIS_URL
 # Tests change keys behind the services' back (expiry, suspension); no cache in between.
 # tests/api/test_key_cache.py turns it on to test it.
 API_KEY_CACHE_SECONDS = 0
+# Each test's gateway routes by its own moving averages, never by those another test
+# (or the worker) published; tests/llm/test_router_shared_stats.py turns sharing on.
+LLM_ROUTER_STATS_SYNC_SECONDS = 0
