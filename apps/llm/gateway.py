@@ -26,7 +26,9 @@ ProviderFailed (code of the provider's error) at the consumer's next read.
 
 Per call, CallContext.fallbacks replaces the organization's fallback chain (see
 apps/llm/router.py) and CallContext.timeout_seconds (1 to 600) replaces
-LLM_TIMEOUT_SECONDS for each attempt and each wait for a streamed chunk. Images
+LLM_TIMEOUT_SECONDS for each attempt and each wait for a streamed chunk (a shorter
+one that fires is the caller's limit, not the provider's failure: it neither counts
+towards the circuit breaker nor the model's error rate). Images
 (Message.images, user messages only) are checked here: at most MAX_IMAGES, https
 or data:image URLs, at most MAX_IMAGE_BYTES each (apps/llm/types.py).
 """
@@ -60,6 +62,7 @@ from apps.llm.providers.base import (
     Provider,
     ProviderConfig,
     ProviderError,
+    ProviderTimeout,
 )
 from apps.llm.providers.registry import make_provider
 from apps.llm.queue import Queues
@@ -245,6 +248,11 @@ class Gateway:
             return float(context.timeout_seconds)
         return float(getattr(settings, "LLM_TIMEOUT_SECONDS", 60))
 
+    def _caller_gave_up(self, error: ProviderError, context: CallContext) -> bool:
+        """A timeout of the call's own, shorter than LLM_TIMEOUT_SECONDS: the caller's
+        impatience, not a sign the provider is failing (no breaker failure, no error sample)."""
+        return isinstance(error, ProviderTimeout) and self._timeout(context) < self._timeout()
+
     def _provider_config(self, model: ModelInfo, config: OrganizationConfig) -> ProviderConfig:
         credential = config.credential(model.provider)
         return ProviderConfig(
@@ -330,8 +338,11 @@ class Gateway:
                     started = time.perf_counter()
                     result = await with_timeout(call(provider), timeout, provider=model.provider)
             except ProviderError as error:
-                breaker.record_failure(error)
-                self.router.stats.record(model.name, ok=False)
+                if self._caller_gave_up(error, context):
+                    breaker.abandon()
+                else:
+                    breaker.record_failure(error)
+                    self.router.stats.record(model.name, ok=False)
                 attempts.append({"model": model.name, "outcome": error.code, "message": error.message[:200]})
                 if isinstance(error, ContextWindowExceeded | AuthenticationFailed):
                     raise _ModelFailed(error) from error  # another model may serve
@@ -659,8 +670,9 @@ class Gateway:
                 error = exc if isinstance(exc, ProviderError) else ProviderError(type(exc).__name__)
                 if not isinstance(exc, ProviderError):
                     logger.exception("Provider %s's stream raised an unmapped error", model.provider)
-                self.router.stats.record(model.name, ok=False)
-                self.breaker_for(model, config).record_failure(error)
+                if not self._caller_gave_up(error, context):
+                    self.router.stats.record(model.name, ok=False)
+                    self.breaker_for(model, config).record_failure(error)
                 self.meter.record(context=context, model=model.name, provider=model.provider, failed=True)
                 await hold.release()
                 failure = ProviderFailed(

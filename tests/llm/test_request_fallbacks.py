@@ -211,6 +211,21 @@ def test_a_stream_whose_chunks_stop_coming_ends_with_a_timeout(
     assert time.monotonic() - started < 4
 
 
+def test_a_callers_short_timeout_does_not_open_the_circuit_for_everyone(
+    world: World, openai_platform: FakeOpenAI, settings: Any, no_retries: None
+) -> None:
+    settings.LLM_BREAKER_FAILURES = 1
+    openai_platform.script(Reply.slow(2, text="slow but fine"), Reply(text="served"))
+    impatient = CallContext(organization_id=world.alpha.pk, fallbacks=(), timeout_seconds=1)
+    with pytest.raises(ProviderFailed) as caught:
+        chat(ask("gpt-4o-mini", "quick!"), impatient)
+    assert caught.value.code == "provider_timeout"
+    # The provider was not failing, only slower than one caller would wait: the next call goes through.
+    response = chat(ask("gpt-4o-mini", "no hurry"), CallContext(organization_id=world.alpha.pk))
+    assert response.message.content == "served"
+    assert response.route["attempts"] == [{"model": "gpt-4o-mini", "outcome": "ok"}]
+
+
 @pytest.mark.parametrize("seconds", [0.5, 601, -1])
 def test_a_timeout_out_of_range_is_a_400(world: World, openai_platform: FakeOpenAI, seconds: float) -> None:
     with pytest.raises(Invalid) as caught:
