@@ -65,6 +65,7 @@ SEED_ATTEMPTS = 3
 # ARGV: hold id, amount, hold lifetime in ms, then per budget its limit and expire-at (unix s).
 # Returns {"held"}, {"seed", i, ...} (ledgers missing), or {"over", i, spent, held}.
 _RESERVE = """
+redis.replicate_commands()  -- TIME before writes (the default from Redis 5 on)
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local id, amount, lifetime = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])

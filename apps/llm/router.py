@@ -130,7 +130,8 @@ class ModelStats:
         self._latency_weights: dict[str, float] = {}
         self._last_sample: dict[str, float] = {}  # wall clock: compared across processes
         self._shared: dict[str, _Shared] = {}
-        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._pid = os.getpid()
+        self.instance = self._new_instance()
         self._next_sync = 0.0  # monotonic; the first read or sample syncs
         self._syncing = False
         self._dirty = False  # samples since the last publish
@@ -141,6 +142,10 @@ class ModelStats:
     @property
     def alpha(self) -> float:
         return float(getattr(settings, "LLM_ROUTER_EMA_ALPHA", 0.2))
+
+    @staticmethod
+    def _new_instance() -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     @staticmethod
     def sync_seconds() -> float:
@@ -212,9 +217,13 @@ class ModelStats:
     # --- sharing with the other processes (off the hot path) -----------------
 
     def _maybe_sync(self) -> None:
-        if time.monotonic() < self._next_sync or self._syncing:
+        if time.monotonic() < self._next_sync:
             return
         with self._lock:
+            if self._pid != os.getpid():  # a forked worker: a field of its own, no parent's thread
+                self._pid = os.getpid()
+                self.instance = self._new_instance()
+                self._syncing = False
             now = time.monotonic()
             if now < self._next_sync or self._syncing:
                 return
