@@ -14,13 +14,16 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
 ERROR_STATUSES = {
-    "400": "The request is wrong: an unknown or disabled model, a message over the context window, "
-    "an invalid tool schema or parameter (`param` names it).",
+    "400": "The request is wrong (`param` names the part): an unknown model or fallback (`unknown_model`,"
+    " `fallback_unusable`), messages over the context window (`context_window_exceeded`), an invalid tool"
+    " schema (`invalid_tool`), images for a model without vision (`vision_unsupported`), a bad or"
+    " oversized image (`invalid_image`, `too_many_images`), a body over 32 MiB"
+    " (`request_too_large`), or another invalid parameter.",
     "401": "No API key, or an unknown, revoked or expired one.",
     "402": "Over a budget of the organization, the API key or the run (code `budget_exceeded`);"
     " nothing was sent.",
-    "403": "The key lacks the scope (`llm:write` to call, `llm:read` to list), or the model's provider has "
-    "no credentials (`missing_credentials`).",
+    "403": "The key lacks the scope (`llm:write` to call, `llm:read` to list), the model is turned off for"
+    " the organization (`model_disabled`), or its provider has no credentials (`missing_credentials`).",
     "429": "Rate limited (this key's throttle, or the provider's, after retries); see Retry-After.",
     "502": "The provider failed (its error's stable code, e.g. `provider_error`, `malformed_response`).",
     "503": "Every provider of the model and its fallbacks is failing (`circuit_open`) or unreachable.",
