@@ -17,4 +17,5 @@ urlpatterns = [
     path("", include("apps.workspaces.urls_pages")),
     path("", include("apps.prompts.urls_pages")),
     path("", include("apps.llm.urls_pages")),
+    path("", include("apps.knowledge.urls_pages")),
 ]

@@ -99,6 +99,26 @@ def _alpha_prompt_version(world: World) -> int:
     return 1
 
 
+def _alpha_knowledge_source(world: World) -> int:
+    """A document source of Alpha with one chunk (rows only: refusals come before the index)."""
+    from apps.knowledge.models import KnowledgeChunk, KnowledgeSource
+
+    name = "isolation-sample.md"
+    source, created = KnowledgeSource.objects.get_or_create(
+        kind="document", name=name, defaults={"uri": name, "status": "ready", "chunk_count": 1}
+    )
+    if created:
+        KnowledgeChunk.objects.create(
+            key=f"isolation-{source.pk}",
+            source=source,
+            kind="document",
+            path=name,
+            text="Alpha's secret knowledge",
+            content_hash="0" * 64,
+        )
+    return source.pk
+
+
 def _catalog_model(world: World) -> str:
     """A model name (/v1/models/<model_id>): the catalog is shared, the key decides who asks."""
     return "smollm2-135m"
@@ -113,6 +133,7 @@ SAMPLE_VALUES: dict[str, Callable[[World], Any]] = {
     "prompt_id": _alpha_prompt,
     "prompt_version": _alpha_prompt_version,
     "model_id": _catalog_model,
+    "source_id": _alpha_knowledge_source,
     "endpoint": lambda world: "responses",  # /v1/<path:endpoint>: APIs the OpenAI endpoint lacks
 }
 
