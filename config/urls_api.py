@@ -2,6 +2,7 @@
 
 from django.urls import path
 
+from apps.knowledge import urls_api as knowledge_urls
 from apps.llm import api as llm_api
 from apps.prompts import urls_api as prompts_urls
 from apps.tenancy import api
@@ -65,4 +66,5 @@ urlpatterns = [
     path("llm/credentials", llm_api.CredentialList.as_view(), name="api-llm-credentials"),
     path("llm/usage", llm_api.UsageView.as_view(), name="api-llm-usage"),
     *prompts_urls.urlpatterns,
+    *knowledge_urls.urlpatterns,
 ]

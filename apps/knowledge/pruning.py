@@ -34,17 +34,13 @@ from django.utils import timezone
 
 from apps.knowledge import scoring, services, store
 from apps.knowledge.models import KnowledgeChunk, KnowledgePolicy, KnowledgeSource
+from apps.knowledge.selectors import policy_get
 from apps.tenancy.audit import Actor, audit_record
 from apps.tenancy.models import Organization
 
 logger = logging.getLogger(__name__)
 
 KINDS = list(KnowledgeSource.Kind.values)
-
-
-def policy_get() -> KnowledgePolicy:
-    """The organization's policy; the defaults (unsaved) when it has none."""
-    return KnowledgePolicy.objects.order_by("pk").first() or KnowledgePolicy()
 
 
 def _kind_limit(policy: KnowledgePolicy, kind: str, name: str) -> int | None:

@@ -37,7 +37,7 @@ from django.utils import timezone
 from apps.core.errors import Invalid, NotFound, ServiceError
 from apps.knowledge import scoring, store
 from apps.knowledge.chunking import Chunk
-from apps.knowledge.models import KnowledgeChunk, KnowledgeSource
+from apps.knowledge.models import KnowledgeChunk, KnowledgePolicy, KnowledgeSource
 from apps.tenancy.audit import Actor, audit_record
 from apps.tenancy.models import Organization
 
@@ -535,3 +535,83 @@ def search(
 def store_available() -> str | None:
     """None if the index answers, else the reason (for a 503)."""
     return store.ping()
+
+
+# --- retention policy -----------------------------------------------------------------------------
+
+POLICY_LIMITS: Final = {"max_items": (1, 10_000_000), "max_age_days": (0, 36_500), "keep_versions": (0, 1000)}
+PER_KIND_LIMITS: Final = {"max_items": (0, 10_000_000), "max_age_days": (0, 36_500)}
+
+
+def _check_number(value: Any, *, field: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Invalid(f"{field} is a whole number from {low:,} to {high:,}.", field=field)
+    return int(value)
+
+
+def clean_per_kind(per_kind: Any) -> dict[str, dict[str, int]]:
+    """{"experience": {"max_items": 5000, "max_age_days": 90}, ...}: known kinds and rules only."""
+    if per_kind is None:
+        return {}
+    if not isinstance(per_kind, dict):
+        raise Invalid("per_kind maps a kind of source to its rules.", field="per_kind")
+    cleaned: dict[str, dict[str, int]] = {}
+    for kind, rules in per_kind.items():
+        if kind not in KnowledgeSource.Kind.values:
+            raise Invalid(
+                f"Unknown kind {kind!r} in per_kind; one of: {', '.join(KnowledgeSource.Kind.values)}.",
+                field="per_kind",
+            )
+        if not isinstance(rules, dict):
+            raise Invalid(f"per_kind.{kind} is an object of max_items and max_age_days.", field="per_kind")
+        unknown = sorted(set(rules) - set(PER_KIND_LIMITS))
+        if unknown:
+            raise Invalid(
+                f"per_kind.{kind} has an unknown rule {unknown[0]!r}; rules: max_items, max_age_days.",
+                field="per_kind",
+            )
+        cleaned[kind] = {
+            name: _check_number(value, field=f"per_kind.{kind}.{name}", low=low, high=high)
+            for name, value in rules.items()
+            for low, high in [PER_KIND_LIMITS[name]]
+        }
+    return cleaned
+
+
+@transaction.atomic
+def policy_update(
+    *,
+    organization: Organization,
+    actor: Actor,
+    max_items: int,
+    max_age_days: int,
+    keep_versions: int,
+    per_kind: Any = None,
+) -> KnowledgePolicy:
+    """The organization's retention policy replaced (audited); pruning applies it next time."""
+    check_organization(organization)
+    values = {
+        "max_items": max_items,
+        "max_age_days": max_age_days,
+        "keep_versions": keep_versions,
+    }
+    for name, value in values.items():
+        low, high = POLICY_LIMITS[name]
+        _check_number(value, field=name, low=low, high=high)
+    cleaned = clean_per_kind(per_kind)
+    policy = KnowledgePolicy.objects.select_for_update().order_by("pk").first() or KnowledgePolicy()
+    fields = ["max_items", "max_age_days", "keep_versions", "per_kind"]
+    before = {name: getattr(policy, name) for name in fields} if policy.pk else None
+    for name, value in values.items():
+        setattr(policy, name, value)
+    policy.per_kind = cleaned
+    policy.save()
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="knowledge.policy_updated",
+        target=policy,
+        before=before,
+        after={name: getattr(policy, name) for name in fields},
+    )
+    return policy

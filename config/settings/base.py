@@ -223,7 +223,11 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": "/api/v1",
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
-    "ENUM_NAME_OVERRIDES": {"RoleEnum": "apps.tenancy.models.Membership.Role"},
+    "ENUM_NAME_OVERRIDES": {
+        "RoleEnum": "apps.tenancy.models.Membership.Role",
+        "KnowledgeKindEnum": "apps.knowledge.models.KnowledgeSource.Kind",
+        "FileKindEnum": ["file", "dir", "symlink", "other"],  # a workspace's file entries
+    },
 }
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)

@@ -1,3 +1,6 @@
+import os
+import tempfile
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from config.env import env_str
@@ -28,3 +31,8 @@ API_KEY_CACHE_SECONDS = 0
 # Each test's gateway routes by its own moving averages, never by those another test
 # (or the worker) published; tests/llm/test_router_shared_stats.py turns sharing on.
 LLM_ROUTER_STATS_SYNC_SECONDS = 0
+# The knowledge index of a test process is its own (made on first use): never the
+# development index under .run/, whose organizations may share the tests' slugs. Tests of
+# the index set their own path per test (tests/knowledge/conftest.py).
+CHROMA_URL = ""
+KNOWLEDGE_CHROMA_PATH = str(Path(tempfile.gettempdir()) / f"agentyard-test-chroma-{os.getpid()}")
