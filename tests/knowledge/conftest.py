@@ -24,6 +24,8 @@ import pytest
 from django_tenants.utils import schema_context
 
 from apps.knowledge import store
+from apps.knowledge.models import KnowledgeSource
+from apps.knowledge.services import PutResult
 from apps.tenancy.models import Organization
 from tests.conftest import ARTIFACTS, World, free_port
 
@@ -129,7 +131,7 @@ def owner_of(world: World, organization: Organization) -> Any:
 
 def make_source(
     world: World, organization: Organization, *, kind: str = "document", name: str = "notes"
-) -> Any:
+) -> KnowledgeSource:
     """A source of `organization`; call it inside the organization's schema."""
     from apps.knowledge import services
     from apps.tenancy.audit import Actor
@@ -139,7 +141,7 @@ def make_source(
     )
 
 
-def put_file(source: Any, path: str, text: str, commit: str = "") -> Any:
+def put_file(source: KnowledgeSource, path: str, text: str, commit: str = "") -> PutResult:
     """The file chunked as ingestion chunks it, and put under `path`."""
     from apps.knowledge import services
     from apps.knowledge.chunking import chunk_file

@@ -50,7 +50,7 @@ def _reader(world: World) -> Client:
 
 def test_a_member_searches_and_gets_results_with_provenance(guide: KnowledgeSource, world: World) -> None:
     amy = client_for(world.amy, world.alpha)
-    response = amy.get(f"{API}/knowledge/search", {"q": "how do I undo a release?", "k": 2})
+    response = amy.get(f"{API}/knowledge/search", {"q": "how do I undo a release?", "k": "2"})
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["query"] == "how do I undo a release?"
@@ -65,7 +65,7 @@ def test_a_member_searches_and_gets_results_with_provenance(guide: KnowledgeSour
 
     only_code = amy.get(f"{API}/knowledge/search", {"q": "undo a release", "kind": "repository"})
     assert only_code.json()["results"] == []
-    same_source = amy.get(f"{API}/knowledge/search", {"q": "undo a release", "source_id": guide.pk})
+    same_source = amy.get(f"{API}/knowledge/search", {"q": "undo a release", "source_id": str(guide.pk)})
     assert {hit["source_id"] for hit in same_source.json()["results"]} == {guide.pk}
 
 
