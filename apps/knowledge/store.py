@@ -8,7 +8,10 @@ Two modes, chosen by settings:
 - CHROMA_URL set (``http://host:8000``, ``https://...``): a Chroma server through
   `chromadb.HttpClient`. Use it whenever more than one process writes (web and workers).
 - otherwise Chroma embedded in this process (`chromadb.PersistentClient`) with its files
-  under KNOWLEDGE_CHROMA_PATH: one machine, one writer at a time.
+  under KNOWLEDGE_CHROMA_PATH. Chroma itself supports one process per path; ours take
+  turns (see `_LocalTurns`): a lock file serializes writers against readers, and a process
+  whose in-memory index another process has since written to reopens it first. Fine for
+  one machine (`make run`: web and worker); at scale, run a Chroma server.
 
 What the index holds per chunk: its key (KnowledgeChunk.key, so sending it again
 overwrites), its vector and the metadata searches filter on (kind, source_id). No text:
@@ -26,10 +29,13 @@ Chroma's own embedder (we always pass vectors).
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
@@ -152,6 +158,7 @@ def clients_reset() -> None:
     with _clients_lock:
         _clients.clear()
         _collections.clear()
+        _turns.clear()
         systems = list(SharedSystemClient._identifier_to_system.values())
         SharedSystemClient.clear_system_cache()
     for system in systems:  # closes an embedded index's files, a server client's connections
@@ -186,10 +193,88 @@ def _guard(call: Callable[[], T]) -> T:
         raise StoreUnavailable(reason) from exc
 
 
+class _LocalTurns:
+    """Embedded mode, several processes on one path (web and worker).
+
+    Chroma keeps each collection's vector index in the memory of the process that opened it
+    and writes it back to its files; a second process writing the same files unseen would
+    be overwritten, and its additions would stay invisible to the first. So each operation
+    takes a turn: an flock on `<path>/agentyard.turns` (shared to read, exclusive to write),
+    whose content counts the writes. A process that finds the count moved since its last
+    turn reopens its client (reloading the index from disk) before going on. Within a
+    process, operations on the path run one at a time (a reopen must not pull the client
+    from under another thread)."""
+
+    FILE_NAME: Final = "agentyard.turns"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.seen: int | None = None
+        self.lock = threading.RLock()
+
+    def _read(self, fd: int) -> int:
+        os.lseek(fd, 0, os.SEEK_SET)
+        raw = os.read(fd, 32).strip()
+        return int(raw) if raw.isdigit() else 0
+
+    @contextmanager
+    def turn(self, *, write: bool) -> Iterator[None]:
+        with self.lock:
+            os.makedirs(self.path, exist_ok=True)
+            fd = os.open(os.path.join(self.path, self.FILE_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
+                count = self._read(fd)
+                if self.seen is not None and count != self.seen:
+                    _reopen_path(self.path)
+                self.seen = count
+                yield
+                if write:
+                    self.seen = count + 1
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    os.ftruncate(fd, 0)
+                    os.write(fd, str(self.seen).encode())
+            finally:
+                os.close(fd)  # releases the flock
+
+
+_turns: dict[str, _LocalTurns] = {}
+
+
+def _turn(*, write: bool) -> AbstractContextManager[None]:
+    """The turn to take for an operation: none with a server, `_LocalTurns` embedded."""
+    mode, where = _mode()
+    if mode != "path":
+        return nullcontext()
+    with _clients_lock:
+        turns = _turns.get(where)
+        if turns is None:
+            turns = _turns[where] = _LocalTurns(where)
+    return turns.turn(write=write)
+
+
+def _reopen_path(path: str) -> None:
+    """Drop this process's client of an embedded path; the next use reloads it from disk."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    with _clients_lock:
+        _clients.pop(("path", path), None)
+        for key in [key for key in _collections if key[:2] == ("path", path)]:
+            del _collections[key]
+        system = SharedSystemClient._identifier_to_system.pop(path, None)
+        SharedSystemClient._identifier_to_refcount.pop(path, None)
+    if system is not None:
+        try:
+            system.stop()
+        except Exception:
+            logger.debug("stopping a Chroma client failed", exc_info=True)
+
+
 def ping() -> str | None:
     """None if the index answers, else the reason."""
     try:
-        _guard(lambda: client().heartbeat())
+        with _turn(write=False):
+            _guard(lambda: client().heartbeat())
     except StoreUnavailable as exc:
         return exc.reason
     return None
@@ -240,12 +325,16 @@ class OrganizationIndex:
         with _clients_lock:
             _collections.pop((*_mode(), self.name), None)
 
-    def _run(self, call: Callable[[], T]) -> T:
+    def _run(self, call: Callable[[], T], *, write: bool = False) -> T:
         try:
-            return _guard(call)
+            with _turn(write=write):
+                return _guard(call)
         except StoreUnavailable:
             self._forget()
             raise
+        except OSError as exc:  # the embedded index's folder cannot be used
+            self._forget()
+            raise StoreUnavailable(f"{describe()} cannot be opened ({exc}).") from exc
 
     def upsert(self, keys: Sequence[str], vectors: np.ndarray, metadatas: Sequence[dict[str, Any]]) -> None:
         if not keys:
@@ -266,7 +355,7 @@ class OrganizationIndex:
                     metadatas=[dict(m) for m in metadatas[begin:end]],
                 )
 
-        self._run(send)
+        self._run(send, write=True)
 
     def delete(self, keys: Sequence[str]) -> None:
         if not keys:
@@ -278,10 +367,10 @@ class OrganizationIndex:
             for begin in range(0, len(keys), step):
                 collection.delete(ids=list(keys[begin : begin + step]))
 
-        self._run(send)
+        self._run(send, write=True)
 
     def delete_source(self, source_id: int) -> None:
-        self._run(lambda: self._get().delete(where={"source_id": int(source_id)}))
+        self._run(lambda: self._get().delete(where={"source_id": int(source_id)}), write=True)
 
     def query(
         self,
@@ -340,7 +429,7 @@ class OrganizationIndex:
                 if "does not exist" not in str(exc):
                     raise
 
-        self._run(send)
+        self._run(send, write=True)
 
 
 def current_index() -> OrganizationIndex:

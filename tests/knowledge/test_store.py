@@ -101,3 +101,55 @@ def test_a_bad_chroma_url_is_a_clear_reason(settings: Any) -> None:
     store.clients_reset()
     assert "not an http(s) URL" in str(store.ping())
     store.clients_reset()
+
+
+OTHER_PROCESS = """
+import os, sys
+import django
+os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
+django.setup()
+import numpy as np
+from django.conf import settings
+from django_tenants.utils import schema_context
+from apps.knowledge import store
+settings.KNOWLEDGE_CHROMA_PATH = sys.argv[1]
+with schema_context("org_alpha"):
+    index = store.current_index()
+    if sys.argv[2] == "write":
+        vectors = np.eye(8, dtype=np.float32)[[1, 2]]
+        index.upsert(["b", "c"], vectors, [{"kind": "note", "source_id": 1}] * 2)
+    found = index.query(np.ones(8, dtype=np.float32), 10)
+    print(",".join(sorted(index.keys())), ",".join(hit.key for hit in found))
+"""
+
+
+def _other_process(path: str, action: str) -> tuple[list[str], list[str]]:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-c", OTHER_PROCESS, path, action],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    keys, found = done.stdout.strip().splitlines()[-1].split(" ")
+    return keys.split(","), sorted(found.split(","))
+
+
+def test_embedded_processes_on_one_path_see_each_other_s_writes(knowledge_index: Any, world: World) -> None:
+    """The web process searches what the worker indexed, and neither loses the other's writes."""
+    with schema_context(world.alpha.schema_name):
+        index = store.current_index()
+        index.upsert(["a"], np.eye(8, dtype=np.float32)[[0]], [{"kind": "note", "source_id": 1}])
+        assert [hit.key for hit in index.query(np.ones(8, dtype=np.float32), 10)] == ["a"]
+
+        assert _other_process(str(knowledge_index), "write") == (["a", "b", "c"], ["a", "b", "c"])
+        # This process had the collection open before: it sees the other's writes...
+        assert sorted(hit.key for hit in index.query(np.ones(8, dtype=np.float32), 10)) == ["a", "b", "c"]
+        # ...and its own next write keeps them.
+        index.upsert(["d"], np.eye(8, dtype=np.float32)[[3]], [{"kind": "note", "source_id": 1}])
+    assert _other_process(str(knowledge_index), "read") == (["a", "b", "c", "d"], ["a", "b", "c", "d"])
