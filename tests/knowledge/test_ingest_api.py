@@ -284,3 +284,33 @@ def test_the_worker_indexes_a_queued_repository_and_again_after_a_commit(
             source_id=source_id, path="app/ship.py", superseded_at__isnull=True
         )
         assert (current.version, current.commit) == (2, second)
+
+
+def test_a_large_document_is_stored_by_the_worker(
+    live_db: World, celery_worker: subprocess.Popen[bytes]
+) -> None:
+    api_key, raw = new_key(live_db, ["knowledge:write"], name="kb large document key")
+    sections = "".join(
+        f"## Depot {number}\n\nDepot {number} opens at {number % 12 + 1} o'clock.\n\n"
+        for number in range(320)
+    )
+    try:
+        response = _upload(key_client(raw), "depots.md", f"# Depots\n\n{sections}".encode())
+        assert response.status_code == 202, response.content
+        assert response.json()["status"] == "pending"
+        source_id = response.json()["id"]
+        ready = wait_for(
+            lambda: (source := _source(live_db, source_id)).status in {"ready", "failed"} and source, 90
+        )
+        assert (ready.status, ready.error, ready.progress_done, ready.progress_total) == ("ready", "", 1, 1)
+        assert ready.chunk_count > 300
+        with schema_context(live_db.alpha.schema_name):
+            assert (
+                KnowledgeChunk.objects.filter(source_id=source_id, path="depots.md").count()
+                == ready.chunk_count
+            )
+    finally:
+        with schema_context(live_db.alpha.schema_name):
+            KnowledgeSource.objects.filter(name="depots.md").delete()
+        _forget_audit(live_db.alpha)
+        api_key.delete()
