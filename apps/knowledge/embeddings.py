@@ -33,11 +33,9 @@ import itertools
 import json
 import math
 import mmap
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -301,48 +299,83 @@ def load_safetensors(path: Path) -> dict[str, NDArray[Any]]:
 # --- the local model: the BERT encoder in numpy ---------------------------------------------------
 
 
-# erfc(x) for x >= 0 by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7, below
-# float32's resolution around 1): the exact (erf) GELU that BERT uses, which numpy lacks.
-_AS_P = np.float32(0.3275911)
-_AS_COEFFICIENTS = tuple(
-    np.float32(c) for c in (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
+# erfc(z) for z >= 0 by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7, below
+# float32's resolution around 1): (a1 t + ... + a5 t^5) exp(-z^2), t = 1 / (1 + p z). For
+# the exact (erf) GELU that BERT uses, which numpy lacks; z = |x| / sqrt 2, so p and the
+# coefficients (halved: Phi(-|x|) = erfc(z) / 2) are folded here.
+_GELU_P = np.float32(0.3275911 / math.sqrt(2))
+_GELU_COEFFICIENTS = tuple(
+    np.float32(c / 2) for c in (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
 )
-_SQRT_HALF = np.float32(math.sqrt(0.5))
 
 
 def gelu_(x: FloatArray) -> FloatArray:
-    """x * Phi(x), in place: GELU as BERT computes it (with erf, not the tanh approximation)."""
-    z = np.abs(x) * _SQRT_HALF
-    t = _AS_P * z
+    """x * Phi(x), in place: GELU as BERT computes it, with erf (not the tanh approximation).
+
+    As relu(x) - |x| Phi(-|x|), which needs no per-element branch: numpy's masked
+    (where=) and max/min loops are several times slower than plain arithmetic."""
+    magnitude = np.abs(x)
+    t = magnitude * _GELU_P
     t += 1
     np.reciprocal(t, out=t)
-    poly = _AS_COEFFICIENTS[0] * t
-    for coefficient in _AS_COEFFICIENTS[1:]:
-        poly += coefficient
-        poly *= t
-    np.square(z, out=z)
-    np.negative(z, out=z)
-    np.exp(z, out=z)
-    poly *= z
-    poly *= 0.5  # = 0.5 * erfc(|x| / sqrt 2) = Phi(-|x|)
-    # Phi(x) = 1 - Phi(-|x|) for x >= 0, Phi(-|x|) otherwise.
-    positive = x >= 0
-    np.subtract(1, poly, out=poly, where=positive)
-    x *= poly
+    tail = t * _GELU_COEFFICIENTS[0]
+    for coefficient in _GELU_COEFFICIENTS[1:]:
+        tail += coefficient
+        tail *= t
+    np.square(x, out=t)
+    t *= np.float32(-0.5)
+    np.exp(t, out=t)
+    tail *= t  # Phi(-|x|)
+    tail *= magnitude
+    x += magnitude
+    x *= np.float32(0.5)  # relu(x)
+    x -= tail
     return x
+
+
+# exp() of attention scores less their largest value per head: a row whose exponentials
+# sum to less than this has lost precision (float32 goes subnormal below 1.2e-38).
+_ATTENTION_FLOOR = np.float32(1e-30)
 
 
 def layer_norm_(x: FloatArray, weight: FloatArray, bias: FloatArray, eps: float) -> FloatArray:
-    """Layer normalisation over the last axis, in place."""
-    mean = x.mean(axis=-1, keepdims=True)
-    x -= mean
-    variance = np.einsum("ij,ij->i", x, x)[:, None] / np.float32(x.shape[-1])
+    """Layer normalisation over the last axis of a 2-D array, in place. Row sums as a
+    product with a vector: BLAS does that far faster than numpy's reduction."""
+    average = np.full(x.shape[-1], 1 / x.shape[-1], dtype=np.float32)
+    x -= (x @ average)[:, None]
+    variance = np.square(x) @ average
     variance += np.float32(eps)
     np.sqrt(variance, out=variance)
-    x /= variance
+    x /= variance[:, None]
     x *= weight
     x += bias
     return x
+
+
+def attend(qkv: FloatArray, heads: int) -> FloatArray:
+    """Self-attention of one sequence: (n, 3 * hidden) queries (already scaled), keys and
+    values -> (n, hidden), softmax(q k^T) v for each head.
+
+    The softmax in two cheap steps: exp() of the scores less each head's largest (one
+    reduction over a whole matrix; one per row is slow in numpy), and the division by
+    the row sums done on the context, (n, head_size) per head, not on the scores, (n, n).
+    A row whose own scores lie so far below the head's largest that its exponentials
+    vanish is computed again with each row's own maximum."""
+    length, width = qkv.shape
+    hidden = width // 3
+    # (n, 3 * hidden) -> 3 x (heads, n, head_size), views
+    query, key, value = qkv.reshape(length, 3, heads, hidden // heads).transpose(1, 2, 0, 3)
+    scores = np.matmul(query, key.transpose(0, 2, 1))
+    ones = np.ones(length, dtype=np.float32)
+    weights = np.exp(scores - scores.max(axis=(1, 2), keepdims=True))
+    sums = weights @ ones
+    if not sums.min() >= _ATTENTION_FLOOR:  # NaN too
+        weights = np.exp(scores - scores.max(axis=2, keepdims=True))
+        sums = weights @ ones
+    context = np.matmul(weights, value)
+    context /= sums[:, :, None]
+    merged: FloatArray = context.transpose(1, 0, 2).reshape(length, hidden)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -359,60 +392,17 @@ class _Layer:
     output_norm: tuple[FloatArray, FloatArray]
 
 
-# Rows of the feed-forward activation (rows x 1536) that the GELU's dozen passes go over
-# at a time: 64 rows stay in the CPU's cache instead of going to memory on each pass.
+# Rows of the feed-forward activation (rows x 1536) that the GELU's passes go over at a
+# time: 64 rows stay in the CPU's cache instead of going to memory on each pass.
 _GELU_ROWS = 64
-
-
-def _worker_count() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _parallel(work: Callable[[Any], object], parts: Sequence[Any]) -> None:
-    """`work(part)` for each part, on the cores this process may use. BLAS spreads the
-    large matrix products over them by itself; the attention of short sequences and
-    the GELU are many small numpy calls that it does not, and numpy releases the
-    interpreter lock inside each, so threads share them out."""
-    global _pool
-    if len(parts) <= 1:
-        for part in parts:
-            work(part)
-        return
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_worker_count(), thread_name_prefix="embeddings")
-        pool = _pool
-    for future in [pool.submit(work, part) for part in parts]:
-        future.result()
-
-
-def _share(
-    items: Sequence[tuple[int, int]], weight: Callable[[tuple[int, int]], int]
-) -> list[list[tuple[int, int]]]:
-    """Items dealt out to the workers, heaviest first, each to the least loaded."""
-    workers = min(_worker_count(), len(items))
-    shares: list[list[tuple[int, int]]] = [[] for _ in range(workers)]
-    loads = [0] * workers
-    for item in sorted(items, key=weight, reverse=True):
-        lightest = loads.index(min(loads))
-        shares[lightest].append(item)
-        loads[lightest] += weight(item)
-    return [share for share in shares if share]
 
 
 class BertEncoder:
     """A BERT encoder (Hugging Face BertModel's layout) on numpy, float32, for inference.
 
     Sequences are packed without padding: the dense layers run on the real tokens of all
-    sequences at once, attention on each sequence alone. Weights stay in the
+    sequences at once (BLAS spreads those products over the cores), attention on each
+    sequence alone. Weights stay in the
     memory-mapped file except each layer's fused query/key/value matrix (1.7 MiB a
     layer for MiniLM), made once at load."""
 
@@ -484,35 +474,17 @@ class BertEncoder:
         qkv = x @ layer.qkv_weight
         qkv += layer.qkv_bias
         context = np.empty_like(x)
-
-        def attend(share: list[tuple[int, int]]) -> None:
-            for begin, end in share:
-                # (n, 3 * hidden) -> 3 x (heads, n, head_size), views
-                q, k, v = (
-                    qkv[begin:end].reshape(end - begin, 3, self.heads, self.head_size).transpose(1, 2, 0, 3)
-                )
-                scores = np.matmul(q, k.transpose(0, 2, 1))
-                scores -= scores.max(axis=-1, keepdims=True)
-                np.exp(scores, out=scores)
-                scores /= scores.sum(axis=-1, keepdims=True)
-                context[begin:end] = np.matmul(scores, v).transpose(1, 0, 2).reshape(end - begin, self.hidden)
-
-        _parallel(attend, _share(spans, lambda span: (span[1] - span[0]) ** 2))
-        attention = context @ layer.output_weight
+        for begin, end in spans:
+            context[begin:end] = attend(qkv[begin:end], self.heads)
+        attention: FloatArray = context @ layer.output_weight
         attention += layer.output_bias
         attention += x
         x = layer_norm_(attention, *layer.attention_norm, self.eps)
         intermediate: FloatArray = x @ layer.intermediate_weight
-
-        def activate(share: list[tuple[int, int]]) -> None:
-            for begin, end in share:
-                block = intermediate[begin:end]
-                block += layer.intermediate_bias
-                gelu_(block)
-
-        rows = x.shape[0]
-        blocks = [(begin, min(begin + _GELU_ROWS, rows)) for begin in range(0, rows, _GELU_ROWS)]
-        _parallel(activate, _share(blocks, lambda block: block[1] - block[0]))
+        for begin in range(0, intermediate.shape[0], _GELU_ROWS):
+            block = intermediate[begin : begin + _GELU_ROWS]
+            block += layer.intermediate_bias
+            gelu_(block)
         output: FloatArray = intermediate @ layer.ffn_output_weight
         output += layer.ffn_output_bias
         output += x

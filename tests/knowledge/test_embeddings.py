@@ -21,8 +21,10 @@ from apps.knowledge.embeddings import (
     EmbeddingProvider,
     GatewayEmbeddingProvider,
     MiniLMProvider,
+    attend,
     counting_tokenizer,
     default_provider,
+    gelu_,
     get_provider,
     model_dir,
     provider_kinds,
@@ -212,6 +214,42 @@ def test_the_model_comes_from_the_installed_package_and_no_torch_is_loaded():
 def test_async_callers_get_the_same_vectors(fresh):
     expected = fresh.embed(["from a coroutine"])
     np.testing.assert_array_equal(async_to_sync(fresh.aembed)(["from a coroutine"]), expected)
+
+
+def reference_attention(qkv: np.ndarray, heads: int) -> np.ndarray:
+    """The textbook computation in float64: a softmax per row, then the weighted values."""
+    length, width = qkv.shape
+    hidden = width // 3
+    query, key, value = (
+        qkv.astype(np.float64).reshape(length, 3, heads, hidden // heads).transpose(1, 2, 0, 3)
+    )
+    scores = query @ key.transpose(0, 2, 1)
+    weights = np.exp(scores - scores.max(axis=2, keepdims=True))
+    weights /= weights.sum(axis=2, keepdims=True)
+    result: np.ndarray = (weights @ value).transpose(1, 0, 2).reshape(length, hidden)
+    return result
+
+
+def test_attention_stays_exact_when_one_token_scores_far_below_another():
+    rng = np.random.default_rng(3)
+    qkv = rng.normal(size=(9, 3 * 24)).astype(np.float32)
+    np.testing.assert_allclose(attend(qkv, 2), reference_attention(qkv, 2), rtol=1e-4, atol=1e-5)
+    # Query 0 of head 0 scores ~400 against every key, query 1 ~ -400: exp() relative to the
+    # head's largest score would vanish for query 1's row.
+    qkv[:, 24:36] = 1.0 / np.sqrt(12)
+    qkv[0, :12] = 400 / np.sqrt(12)
+    qkv[1, :12] = -400 / np.sqrt(12)
+    result = attend(qkv, 2)
+    assert np.isfinite(result).all()
+    np.testing.assert_allclose(result, reference_attention(qkv, 2), rtol=1e-4, atol=1e-4)
+
+
+def test_gelu_is_the_erf_gelu_to_float32_precision():
+    from math import erf, sqrt
+
+    x = np.linspace(-10, 10, 20_001, dtype=np.float32)
+    expected = np.array([value * 0.5 * (1 + erf(value / sqrt(2))) for value in x.astype(np.float64)])
+    np.testing.assert_allclose(gelu_(x.copy()), expected, atol=2e-6)
 
 
 # --- the registry -------------------------------------------------------------------------------
