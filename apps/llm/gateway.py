@@ -477,7 +477,7 @@ class Gateway:
                 await hold.release()
                 raise
             usage = response.usage
-            cost = model.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+            cost = model.usage_cost(usage)
             self.meter.record(
                 context=context,
                 model=model.name,
@@ -690,7 +690,7 @@ class Gateway:
                     model.provider,
                 ),
             )
-        cost = model.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+        cost = model.usage_cost(usage)
         self.meter.record(
             context=context,
             model=model.name,

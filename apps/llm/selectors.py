@@ -30,7 +30,12 @@ from apps.llm.credentials import (
 )
 from apps.llm.models import Budget, LlmModel, ModelAccess, ProviderCredential, RoutingPolicy, UsageDaily
 from apps.llm.providers.registry import provider_kinds
+from apps.llm.types import Usage
 from apps.tenancy.models import Organization
+
+# Provider kind -> what writing a prompt-cache entry costs over the input price, as a
+# fraction of it (Anthropic's 5-minute cache: 1.25x; OpenAI and Gemini charge none).
+CACHE_WRITE_PREMIUM: dict[str, float] = {"anthropic": 0.25}
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,13 @@ class ModelInfo:
             + cached_tokens * self.cached_input_price
             + output_tokens * self.output_price
         ) / 1_000_000
+
+    def usage_cost(self, usage: Usage) -> float:
+        """What a call's usage costs: `cost`, plus the provider's premium on the tokens it
+        wrote into its prompt cache (Anthropic: 25% over the input price, its 5-minute cache)."""
+        premium = CACHE_WRITE_PREMIUM.get(self.provider, 0.0)
+        written = usage.cache_write_tokens * self.input_price * premium / 1_000_000
+        return self.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens) + written
 
     def as_dict(self, *, enabled: bool) -> dict[str, Any]:
         return {

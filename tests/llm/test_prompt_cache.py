@@ -173,12 +173,15 @@ def test_the_same_prefix_again_is_read_from_the_cache_and_metered_cheaper(
     assert second.usage.cached_tokens > 1024
     written = anthropic_platform.message_requests  # both carried the mark
     assert all(r.json["system"][0]["cache_control"] == EPHEMERAL for r in written)
-    # Cache writes count as input; reads at the catalog's cached price (claude-sonnet-4:
-    # 3.00 per million input tokens, 0.30 cached, 15.00 output).
+    # Reads at the catalog's cached price, writes at Anthropic's 1.25x the input price
+    # (claude-sonnet-4: 3.00 per million input tokens, 0.30 cached, 15.00 output).
+    assert first.usage.cache_write_tokens > 1024
+    assert second.usage.cache_write_tokens == 0
     for response in (first, second):
         usage = response.usage
         expected = (
             (usage.input_tokens - usage.cached_tokens) * 3.00
+            + usage.cache_write_tokens * 3.00 * 0.25
             + usage.cached_tokens * 0.30
             + usage.output_tokens * 15.00
         ) / 1e6

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import anthropic
@@ -209,6 +210,7 @@ def _usage(usage: Any) -> Usage:
         input_tokens=int(usage.input_tokens or 0) + cache_read + cache_write,
         output_tokens=int(usage.output_tokens or 0),
         cached_tokens=cache_read,
+        cache_write_tokens=cache_write,
     )
 
 
@@ -317,7 +319,7 @@ class AnthropicProvider(Provider):
                         finish = STOP_REASONS.get(str(event.delta.stop_reason), "stop")
                         output = getattr(event.usage, "output_tokens", None)
                         if output is not None:
-                            usage = Usage(usage.input_tokens, int(output), usage.cached_tokens)
+                            usage = replace(usage, output_tokens=int(output))
                     elif kind == "message_stop":
                         stopped = True
         except Exception as exc:
