@@ -220,17 +220,46 @@ class PolicyIn(StrictSerializer):
         help_text='Rules per kind of source, over the general ones: {"experience": {"max_age_days": 90}}.',
     )
 
+    embedding_model = serializers.CharField(
+        max_length=100,
+        required=False,
+        allow_blank=True,
+        trim_whitespace=True,
+        help_text="The model that embeds the organization's knowledge: empty for the local model"
+        " (all-MiniLM-L6-v2, offline), or an embedding model of the LLM catalog the organization"
+        " may use (e.g. text-embedding-3-small; billed and budgeted as gateway calls). Left out:"
+        " unchanged. A change re-indexes everything in the background; searches use the previous"
+        " model until that is done.",
+    )
+
     def validate_per_kind(self, value: dict[str, Any]) -> dict[str, Any]:
         return services.clean_per_kind(value)
 
 
 class PolicyOut(serializers.ModelSerializer[KnowledgePolicy]):
     per_kind = serializers.DictField(child=KindRules())
+    embedding_model = serializers.CharField(help_text="The chosen embedding model; empty: the local one.")
+    search_embedding_model = serializers.CharField(
+        help_text="The model whose index searches read: the chosen one, or the previous one while"
+        " re-indexing."
+    )
+    reindexing = serializers.BooleanField(
+        help_text="True while the knowledge is embedded again with a newly chosen model."
+    )
     updated_at = serializers.DateTimeField(allow_null=True)
 
     class Meta:
         model = KnowledgePolicy
-        fields = ["max_items", "max_age_days", "keep_versions", "per_kind", "updated_at"]
+        fields = [
+            "max_items",
+            "max_age_days",
+            "keep_versions",
+            "per_kind",
+            "embedding_model",
+            "search_embedding_model",
+            "reindexing",
+            "updated_at",
+        ]
 
 
 class PolicyView(APIView):
@@ -240,7 +269,19 @@ class PolicyView(APIView):
     def get(self, request: Request) -> Response:
         return Response(PolicyOut(selectors.policy_get()).data)
 
-    @extend_schema(request=PolicyIn, responses=PolicyOut, operation_id="knowledge_policy_update")
+    @extend_schema(
+        request=PolicyIn,
+        responses={
+            200: PolicyOut,
+            400: OpenApiResponse(
+                ApiError,
+                description="A bad value, on its field; an embedding model that is unknown, disabled"
+                " for the organization or without credentials (`unknown_model`, `model_disabled`,"
+                " `missing_credentials` on `embedding_model`).",
+            ),
+        },
+        operation_id="knowledge_policy_update",
+    )
     def put(self, request: Request) -> Response:
         data = PolicyIn(data=request.data)
         data.is_valid(raise_exception=True)

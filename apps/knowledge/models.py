@@ -12,7 +12,8 @@ retry never duplicates).
 - KnowledgeChunk: one piece of a source. Chunks are never edited: a new version of
   the same (source, path) supersedes the old one (kept, marked superseded, for the
   history), and search returns current chunks only.
-- KnowledgePolicy: the organization's retention rules (one row; defaults when absent).
+- KnowledgePolicy: the organization's retention rules and embedding model (one row;
+  defaults when absent).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ class KnowledgeChunk(models.Model):
 
 
 class KnowledgePolicy(models.Model):
-    """Retention of the organization's knowledge; pruning applies it (apps/knowledge/pruning.py)."""
+    """Retention of the organization's knowledge; pruning applies it (apps/knowledge/pruning.py).
+    Also which model embeds it (apps/knowledge/services.py, "the embedding model")."""
 
     max_items = models.PositiveIntegerField(default=200_000)  # current chunks, all kinds
     max_age_days = models.PositiveIntegerField(default=365)  # since last retrieved (or created)
@@ -117,10 +119,21 @@ class KnowledgePolicy(models.Model):
     per_kind = models.JSONField(default=dict, blank=True)
     # Superseded versions kept per (source, path), for the history.
     keep_versions = models.PositiveIntegerField(default=3)
+    # The embedding model chosen: "" the offline MiniLM, else an embedding model of the LLM
+    # gateway's catalog. Chunks are embedded with it and sent to its own collection.
+    embedding_model = models.CharField(max_length=100, blank=True, default="")
+    # The model whose collection searches read: the chosen one once every current chunk
+    # has been embedded with it; until then the previous one (vectors never mix).
+    search_embedding_model = models.CharField(max_length=100, blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return "knowledge policy"
+
+    @property
+    def reindexing(self) -> bool:
+        """The chosen model's collection is still being filled; searches use the previous one."""
+        return self.embedding_model != self.search_embedding_model
 
 
 class KnowledgeRunSync(models.Model):

@@ -32,7 +32,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, DenseRank
 from django.utils import timezone
 
-from apps.knowledge import scoring, services, store
+from apps.knowledge import scoring, services
 from apps.knowledge.models import KnowledgeChunk, KnowledgePolicy, KnowledgeSource
 from apps.knowledge.selectors import policy_get
 from apps.tenancy.audit import Actor, audit_record
@@ -119,7 +119,7 @@ def remove(chunk_ids: Iterable[int]) -> Counter[str]:
             if source is None:
                 continue
             rows = list(KnowledgeChunk.objects.filter(pk__in=ids, source=source).values_list("key", "kind"))
-            store.current_index().delete([key for key, _ in rows])
+            services.index_delete([key for key, _ in rows])
             KnowledgeChunk.objects.filter(pk__in=ids, source=source).delete()
             services.refresh_count(source)
             removed.update(kind for _, kind in rows)

@@ -15,6 +15,18 @@ keys, so nothing is duplicated.
 All index writes of one source happen under a lock on its row, so two puts (or a put and
 the pending task) of the same source never interleave their sends and removals.
 
+The embedding model: the offline MiniLM unless the organization chose an embedding model
+of the LLM gateway (`KnowledgePolicy.embedding_model`, set with `policy_update`; the
+gateway's credentials, budgets and metering apply to it). Each model has its own
+collection (apps/knowledge/store.py), so vectors of two models never meet. Choosing
+another model marks every current chunk unsent (`indexed_at` empty): from then on writes
+go to the new model's collection and `knowledge.index_pending` re-embeds the rest into it,
+while searches keep reading the previous model's complete collection
+(`search_embedding_model`). Once no current chunk is left unsent, searches move to the new
+collection and the previous one is dropped (or, Chroma being down then, by the sweep in
+`knowledge.prune`). So a search never compares vectors of two models, and never sees a
+half-filled collection; what is added during the switch is found once it is over.
+
 Runs in the current organization's schema; every function that takes `organization`
 refuses one that is not the schema's (a programming error, never a way across tenants).
 """
@@ -37,6 +49,7 @@ from django.utils import timezone
 from apps.core.errors import Invalid, NotFound, ServiceError
 from apps.knowledge import scoring, store
 from apps.knowledge.chunking import Chunk
+from apps.knowledge.embeddings import LOCAL_MODEL_NAME, EmbeddingProvider, default_provider, get_provider
 from apps.knowledge.models import KnowledgeChunk, KnowledgePolicy, KnowledgeSource
 from apps.tenancy.audit import Actor, audit_record
 from apps.tenancy.models import Organization
@@ -115,15 +128,90 @@ def chunk_key(source_id: int, path: str, version: int, position: int, digest: st
     return f"s{source_id}-{token.hexdigest()}"
 
 
-def embedder() -> Any:
-    """The organization's embedding provider (the offline MiniLM model)."""
-    from apps.knowledge.embeddings import default_provider
+# --- the embedding model ------------------------------------------------------------------------
 
-    return default_provider()
+
+@dataclass(frozen=True)
+class Embedders:
+    """The organization's embedding models ("" the offline MiniLM)."""
+
+    write: str  # chosen: new vectors are made with it and go to its collection
+    search: str  # whose collection is complete: searches read it
+
+    @property
+    def reindexing(self) -> bool:
+        return self.write != self.search
+
+
+def embedders() -> Embedders:
+    row = KnowledgePolicy.objects.order_by("pk").values("embedding_model", "search_embedding_model").first()
+    if row is None:
+        return Embedders(write="", search="")
+    return Embedders(write=row["embedding_model"], search=row["search_embedding_model"])
+
+
+def _schema() -> str:
+    return str(getattr(connection, "schema_name", ""))
+
+
+def _organization_id() -> int:
+    """The current schema's organization (the gateway bills and budgets by it)."""
+    tenant = getattr(connection, "tenant", None)
+    schema = _schema()
+    if isinstance(tenant, Organization) and tenant.pk and tenant.schema_name == schema:
+        return int(tenant.pk)
+    found = Organization.objects.filter(schema_name=schema).values_list("pk", flat=True).first()
+    if found is None:
+        raise RuntimeError(f"no organization has the schema {schema}")
+    return int(found)
+
+
+def provider_for(model: str) -> EmbeddingProvider:
+    """The provider of an embedding model for the current organization."""
+    if not model:
+        return default_provider()
+    return get_provider("gateway", model=model, organization_id=_organization_id())
+
+
+def embed_with(model: str, texts: Sequence[str]) -> np.ndarray:
+    """Vectors of `model`; the model failing (a gateway model refused, over budget, down):
+    StoreUnavailable with the reason, as the index itself being down."""
+    try:
+        return np.asarray(provider_for(model).embed(list(texts)), dtype=np.float32)
+    except ServiceError as exc:
+        if isinstance(exc, store.StoreUnavailable):
+            raise
+        raise store.StoreUnavailable(f"The embedding model {model!r} failed: {exc.message}") from exc
+
+
+def embedder() -> EmbeddingProvider:
+    """The provider whose vectors the organization's searches compare."""
+    return provider_for(embedders().search)
 
 
 def embed(texts: Sequence[str]) -> np.ndarray:
-    return np.asarray(embedder().embed(list(texts)), dtype=np.float32)
+    """Vectors comparable with the organization's search index (`search_index()`)."""
+    return embed_with(embedders().search, texts)
+
+
+def search_index(state: Embedders | None = None) -> store.OrganizationIndex:
+    """The collection searches read: the search model's."""
+    return store.current_index((state or embedders()).search)
+
+
+def write_indexes(state: Embedders | None = None) -> list[store.OrganizationIndex]:
+    """Where removals go: the chosen model's collection, and during a switch the one
+    searches still read."""
+    state = state or embedders()
+    indexes = [store.current_index(state.write)]
+    if state.reindexing:
+        indexes.append(store.current_index(state.search))
+    return indexes
+
+
+def index_delete(keys: Sequence[str]) -> None:
+    for index in write_indexes():
+        index.delete(keys)
 
 
 def embedding_text(chunk: KnowledgeChunk) -> str:
@@ -153,21 +241,21 @@ def sync_index(chunks: Sequence[KnowledgeChunk]) -> int:
     ones removed; each marked `indexed_at`. Raises StoreUnavailable with nothing marked.
     Call it holding the lock of the chunks' source."""
     sent = 0
+    state = embedders()
+    index = store.current_index(state.write)
+    removals = write_indexes(state)
     for begin in range(0, len(chunks), INDEX_BATCH):
         batch = chunks[begin : begin + INDEX_BATCH]
         current = [chunk for chunk in batch if chunk.superseded_at is None]
         gone = [chunk for chunk in batch if chunk.superseded_at is not None]
-        index = store.current_index()
         if current:
-            try:
-                vectors = embed([embedding_text(chunk) for chunk in current])
-            except ServiceError as exc:  # a gateway embedding model refused or is down
-                raise store.StoreUnavailable(f"The embedding model failed: {exc.message}") from exc
+            vectors = embed_with(state.write, [embedding_text(chunk) for chunk in current])
             index.upsert(
                 [chunk.key for chunk in current], vectors, [index_metadata(chunk) for chunk in current]
             )
         if gone:
-            index.delete([chunk.key for chunk in gone])
+            for target in removals:
+                target.delete([chunk.key for chunk in gone])
         now = timezone.now()
         # Only rows whose state is still the one sent (a concurrent change empties it again).
         KnowledgeChunk.objects.filter(pk__in=[c.pk for c in current], superseded_at__isnull=True).update(
@@ -245,7 +333,8 @@ def source_delete(*, organization: Organization, source: KnowledgeSource, actor:
     check_organization(organization)
     with transaction.atomic():
         locked = _lock_source(source)
-        store.current_index().delete_source(locked.pk)
+        for index in write_indexes():
+            index.delete_source(locked.pk)
         chunks = KnowledgeChunk.objects.filter(source=locked)
         total = chunks.count()
         current = chunks.filter(superseded_at__isnull=True).count()
@@ -409,7 +498,94 @@ def index_pending(*, limit: int = 5000) -> dict[str, int]:
             sync_index(rows)
             removed += sum(1 for row in rows if row.superseded_at is not None)
             sent += sum(1 for row in rows if row.superseded_at is None)
+    if embedders().reindexing:
+        reindex_finish()
     return {"sent": sent, "removed": removed}
+
+
+def reindex_finish() -> bool:
+    """After a change of embedding model: once every current chunk is in the chosen model's
+    collection, searches move to it and the previous collection is dropped. True if it did."""
+    with transaction.atomic():
+        policy = KnowledgePolicy.objects.select_for_update().order_by("pk").first()
+        if policy is None or not policy.reindexing:
+            return False
+        if KnowledgeChunk.objects.filter(superseded_at__isnull=True, indexed_at__isnull=True).exists():
+            return False
+        previous = policy.search_embedding_model
+        policy.search_embedding_model = policy.embedding_model
+        policy.save(update_fields=["search_embedding_model", "updated_at"])
+    logger.info(
+        "Knowledge of %s re-indexed with %s; searches use it now",
+        _schema(),
+        policy.embedding_model or "the local model",
+    )
+    _collection_drop_quietly(previous)
+    return True
+
+
+def _collection_drop_quietly(embedder: str, *, schema: str | None = None) -> None:
+    """A collection no longer used, gone; Chroma down: left for the sweep (knowledge.prune)."""
+    name = store.collection_name(schema or _schema(), embedder)
+    try:
+        store.collection_drop(name)
+    except store.StoreUnavailable as exc:
+        logger.warning("The unused knowledge collection %s stays until the next sweep: %s", name, exc.reason)
+
+
+# --- collections across organizations (public schema) ---------------------------------------------
+
+
+def organization_collections_drop(*, schema_name: str) -> list[str]:
+    """A deleted organization's collections (every model's) gone from the index; their
+    names. Chroma down: nothing raised, the sweep (`collections_sweep`) drops them later."""
+    try:
+        names = [name for name in store.collection_names() if store.collection_schema(name) == schema_name]
+        for name in names:
+            store.collection_drop(name)
+    except store.StoreUnavailable as exc:
+        logger.warning(
+            "The knowledge index of the deleted schema %s stays until the next sweep: %s",
+            schema_name,
+            exc.reason,
+        )
+        return []
+    return names
+
+
+def collections_sweep() -> list[str]:
+    """Collections nothing uses any more dropped: those of schemas that no longer exist (an
+    organization deleted while Chroma was down) and those of models an organization
+    switched away from. Their names; StoreUnavailable when Chroma is down."""
+    from django_tenants.utils import schema_context, schema_exists
+
+    by_schema: dict[str, list[str]] = {}
+    for name in store.collection_names():
+        by_schema.setdefault(str(store.collection_schema(name)), []).append(name)
+    organizations = set(Organization.objects.values_list("schema_name", flat=True))
+    dropped: list[str] = []
+    for schema, names in sorted(by_schema.items()):
+        if schema not in organizations:
+            if schema_exists(schema):
+                continue  # not an organization's (nor ever ours to touch)
+            for name in names:
+                store.collection_drop(name)
+                dropped.append(name)
+            continue
+        if not schema_exists(schema):
+            continue  # an organization still being set up
+        with schema_context(schema), transaction.atomic():
+            # Locked as policy_update locks it: the models read here stay the ones in use.
+            KnowledgePolicy.objects.select_for_update().order_by("pk").first()
+            state = embedders()
+            live = {store.collection_name(schema, state.write), store.collection_name(schema, state.search)}
+            for name in names:
+                if name not in live:
+                    store.collection_drop(name)
+                    dropped.append(name)
+    if dropped:
+        logger.info("Unused knowledge collections dropped: %s", ", ".join(dropped))
+    return dropped
 
 
 # --- search ---------------------------------------------------------------------------------------
@@ -450,13 +626,14 @@ def search_vector(
     source_ids: Iterable[int] | None = None,
     record: bool = True,
     min_similarity: float = 0.0,
+    embedder: str | None = None,
 ) -> list[Hit]:
-    """The k best current chunks for a query vector, by score (apps/knowledge/scoring.py)."""
+    """The k best current chunks for a query vector, by score (apps/knowledge/scoring.py).
+    The vector is of `embedder`'s model (None: the organization's search model, `embed`'s)."""
     chosen_kinds = clean_kinds(kinds)
     chosen_sources = [int(source_id) for source_id in source_ids] if source_ids else None
-    candidates = store.current_index().query(
-        vector, scoring.candidates(k), kinds=chosen_kinds, source_ids=chosen_sources
-    )
+    index = search_index() if embedder is None else store.current_index(embedder)
+    candidates = index.query(vector, scoring.candidates(k), kinds=chosen_kinds, source_ids=chosen_sources)
     if not candidates:
         return []
     similarity = {hit.key: hit.similarity for hit in candidates}
@@ -528,8 +705,11 @@ def search(
     check_organization(organization)
     query = clean_query(query)
     k = clean_k(int(k))
-    vector = embed([query])[0]
-    return search_vector(vector=vector, k=k, kinds=kinds, source_ids=source_ids, record=record)
+    model = embedders().search
+    vector = embed_with(model, [query])[0]
+    return search_vector(
+        vector=vector, k=k, kinds=kinds, source_ids=source_ids, record=record, embedder=model
+    )
 
 
 def store_available() -> str | None:
@@ -578,6 +758,52 @@ def clean_per_kind(per_kind: Any) -> dict[str, dict[str, int]]:
     return cleaned
 
 
+def clean_embedding_model(*, organization: Organization, model: Any) -> str:
+    """ "" (the offline MiniLM), or the catalog name of a gateway embedding model the
+    organization may use: enabled for it, with credentials. Else Invalid (400) naming it."""
+    if not isinstance(model, str):
+        raise Invalid(
+            "embedding_model is a model's name, or empty for the local model.", field="embedding_model"
+        )
+    model = model.strip()
+    if not model:
+        return ""
+    from apps.llm import selectors as llm_selectors
+    from apps.llm.gateway import gateway
+
+    router = gateway().router
+    try:
+        info = router.lookup_embedding(llm_selectors.catalog_models(), model)
+        router.check_usable(
+            info, llm_selectors.organization_config(organization_id=organization.pk, fresh=True)
+        )
+    except ServiceError as exc:
+        raise Invalid(
+            f"{exc.message} Empty: the local model ({LOCAL_MODEL_NAME}).",
+            code=exc.code,
+            field="embedding_model",
+        ) from None
+    return info.name
+
+
+def _embedding_model_change(policy: KnowledgePolicy, model: str) -> str | None:
+    """The organization's knowledge moves to `model` (see the module's docstring); the
+    collection to drop once this commits, if one is left unused."""
+    # Every source locked, in order: a write of any of them in flight ends first, and the next
+    # ones see the new model, so no chunk is marked sent into the collection being left.
+    list(KnowledgeSource.objects.select_for_update().order_by("pk").values_list("pk", flat=True))
+    previous_write, search = policy.embedding_model, policy.search_embedding_model
+    policy.embedding_model = model
+    current = KnowledgeChunk.objects.filter(superseded_at__isnull=True)
+    if not current.exists():
+        policy.search_embedding_model = model  # nothing to embed again: at once
+    else:
+        # Even back to the search model: what was added meanwhile is only in the one left.
+        current.update(indexed_at=None)
+    unused = {previous_write, search} - {policy.embedding_model, policy.search_embedding_model}
+    return unused.pop() if unused else None
+
+
 @transaction.atomic
 def policy_update(
     *,
@@ -587,8 +813,11 @@ def policy_update(
     max_age_days: int,
     keep_versions: int,
     per_kind: Any = None,
+    embedding_model: str | None = None,
 ) -> KnowledgePolicy:
-    """The organization's retention policy replaced (audited); pruning applies it next time."""
+    """The organization's knowledge policy replaced (audited): retention, which pruning
+    applies next time, and the embedding model (None: unchanged; a change re-indexes,
+    see the module's docstring)."""
     check_organization(organization)
     values = {
         "max_items": max_items,
@@ -599,12 +828,20 @@ def policy_update(
         low, high = POLICY_LIMITS[name]
         _check_number(value, field=name, low=low, high=high)
     cleaned = clean_per_kind(per_kind)
+    model = (
+        None
+        if embedding_model is None
+        else clean_embedding_model(organization=organization, model=embedding_model)
+    )
     policy = KnowledgePolicy.objects.select_for_update().order_by("pk").first() or KnowledgePolicy()
-    fields = ["max_items", "max_age_days", "keep_versions", "per_kind"]
+    fields = ["max_items", "max_age_days", "keep_versions", "per_kind", "embedding_model"]
     before = {name: getattr(policy, name) for name in fields} if policy.pk else None
     for name, value in values.items():
         setattr(policy, name, value)
     policy.per_kind = cleaned
+    unused = None
+    if model is not None and model != policy.embedding_model:
+        unused = _embedding_model_change(policy, model)
     policy.save()
     audit_record(
         actor=actor,
@@ -614,4 +851,7 @@ def policy_update(
         before=before,
         after={name: getattr(policy, name) for name in fields},
     )
+    if unused is not None:
+        schema = organization.schema_name
+        transaction.on_commit(lambda: _collection_drop_quietly(unused, schema=schema))
     return policy

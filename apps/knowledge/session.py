@@ -11,9 +11,11 @@ What goes in: the agent's working notes (kept past the run by default), observat
 kept: they are there already; their keys are remembered, so a run that succeeds can
 credit them: apps/knowledge/sync.py).
 
-An item is a text, its kind, metadata and its unit vector (the same embedding model as
-the global index). The vectors sit in one preallocated float32 matrix; a search is one
-matrix-vector product over it. Limits from the settings: at most
+An item is a text, its kind, metadata and its unit vector (always the offline MiniLM:
+free, no database read, and one model for the whole run even if the organization's
+index moves to another model meanwhile; nothing compares it with the global index).
+The vectors sit in one preallocated float32 matrix; a search is one matrix-vector
+product over it. Limits from the settings: at most
 KNOWLEDGE_SESSION_MAX_ITEMS items (the least recently used goes first) and each item
 forgotten KNOWLEDGE_SESSION_TTL_SECONDS after it was last used (added, or returned by a
 search); a whole session unused that long is dropped by `sessions_sweep`.
@@ -45,9 +47,9 @@ Embed = Callable[[Sequence[str]], np.ndarray]
 
 
 def _default_embed(texts: Sequence[str]) -> np.ndarray:
-    from apps.knowledge.services import embed
+    from apps.knowledge.embeddings import default_provider
 
-    return embed(texts)
+    return np.asarray(default_provider().embed(list(texts)), dtype=np.float32)
 
 
 @dataclass

@@ -19,7 +19,15 @@ PostgreSQL is the record, and a search reads the chunks' rows by key.
 
 Tenant isolation: the collection is named after the schema of the current database
 connection (set by the tenant middleware or a task's schema context), `ay_<schema>`,
-and nothing else picks a collection: no caller can name one.
+and nothing else picks a collection: no caller can name one. Vectors of different
+embedding models never share a collection: the offline MiniLM's is `ay_<schema>`, a
+gateway model's `ay_<schema>-<12 hex digits of its name's sha256>` (schema names have no
+"-", so no organization's name can be read as another's with a model). Which model an
+organization uses is the services' business (apps/knowledge/services.py); they pass it.
+
+Collections outlive what they index only by accident (an organization deleted while
+Chroma was down, a model switched away from): `collection_names()` lists ours and
+`collection_drop(name)` removes one, for the sweep (apps/knowledge/tasks.py).
 
 Every failure of Chroma (unreachable, timed out, refusing) becomes `StoreUnavailable`
 with a reason fit for a 503; the original is logged. Clients are made once per process
@@ -30,6 +38,7 @@ Chroma's own embedder (we always pass vectors).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -283,11 +292,52 @@ def ping() -> str | None:
 # --- one organization's collection ------------------------------------------------------------------
 
 
-def collection_name(schema_name: str) -> str:
+MODEL_SEPARATOR: Final = "-"
+
+
+def collection_name(schema_name: str, embedder: str = "") -> str:
+    """The collection of a schema for the vectors of `embedder` ("" the offline MiniLM)."""
+    if MODEL_SEPARATOR in schema_name:
+        raise ValueError(f"schema {schema_name!r} gives no valid Chroma collection name")
     name = COLLECTION_PREFIX + schema_name
+    if embedder:
+        name += MODEL_SEPARATOR + hashlib.sha256(embedder.encode()).hexdigest()[:12]
     if not _COLLECTION_NAME.match(name) or ".." in name:
         raise ValueError(f"schema {schema_name!r} gives no valid Chroma collection name")
     return name
+
+
+def collection_schema(name: str) -> str | None:
+    """The schema a collection of ours belongs to; None for a name that is not ours."""
+    if not name.startswith(COLLECTION_PREFIX):
+        return None
+    schema = name[len(COLLECTION_PREFIX) :].split(MODEL_SEPARATOR, 1)[0]
+    return schema or None
+
+
+def collection_names() -> list[str]:
+    """Every collection of ours in the index (any schema, any model). Embedded, with no
+    folder yet: none (and nothing is created)."""
+    mode, where = _mode()
+    if mode == "path" and not os.path.isdir(where):
+        return []
+
+    def send() -> list[str]:
+        return [str(collection.name) for collection in client().list_collections()]
+
+    try:
+        with _turn(write=False):
+            names = _guard(send)
+    except OSError as exc:
+        raise StoreUnavailable(f"{describe()} cannot be opened ({exc}).") from exc
+    return sorted(name for name in names if collection_schema(name) is not None)
+
+
+def collection_drop(name: str) -> None:
+    """One collection of ours gone (nothing if it is gone already)."""
+    if collection_schema(name) is None:
+        raise ValueError(f"{name!r} is not a knowledge collection")
+    OrganizationIndex(name).drop()
 
 
 def _current_schema() -> str:
@@ -432,6 +482,8 @@ class OrganizationIndex:
         self._run(send, write=True)
 
 
-def current_index() -> OrganizationIndex:
-    """The index of the organization whose schema the database connection is in."""
-    return OrganizationIndex(collection_name(_current_schema()))
+def current_index(embedder: str = "") -> OrganizationIndex:
+    """The index of the organization whose schema the database connection is in, for the
+    vectors of `embedder` ("" the offline MiniLM; services.search_index() picks the
+    organization's own)."""
+    return OrganizationIndex(collection_name(_current_schema(), embedder))

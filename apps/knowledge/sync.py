@@ -192,7 +192,7 @@ def _near_duplicate(source: KnowledgeSource, candidate: _Candidate) -> Knowledge
     if exact is not None:
         return exact
     try:
-        hits = store.current_index().query(candidate.vector, 5, source_ids=[source.pk])
+        hits = services.search_index().query(candidate.vector, 5, source_ids=[source.pk])
     except store.StoreUnavailable:
         return None  # exact duplicates only until the index is back
     close = [hit.key for hit in hits if hit.similarity >= EXPERIENCE_DUPLICATE]

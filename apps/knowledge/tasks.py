@@ -4,10 +4,14 @@ Periodic, on Celery beat's schedule (CELERY_BEAT_SCHEDULE), for every active org
 in its own schema. Both are safe to run twice.
 
 - knowledge.prune (every 6 hours): each organization's retention policy applied
-  (apps/knowledge/pruning.py); returns, logs and audits what was removed.
+  (apps/knowledge/pruning.py); returns, logs and audits what was removed. Then the sweep:
+  collections nothing uses any more dropped (of organizations deleted while Chroma was
+  down, of embedding models switched away from; services.collections_sweep).
 - knowledge.index_pending (every minute): chunks written while the index was unreachable
-  sent now (superseded ones removed), under their own keys, so each arrives once; also
-  drops the run sessions of this worker process that outlived their TTL.
+  sent now (superseded ones removed), under their own keys, so each arrives once; after a
+  change of embedding model, every chunk re-embedded this way, and searches moved to the
+  new collection once it is complete. Also drops the run sessions of this worker process
+  that outlived their TTL.
 
 With the index unreachable, both stop at once with one warning and change nothing.
 """
@@ -52,21 +56,32 @@ def index_pending_all() -> dict[str, dict[str, int]]:
     result: dict[str, dict[str, int]] = {}
     for organization in _active_organizations():
         with schema_context(organization.schema_name):
-            if not KnowledgeChunk.objects.filter(indexed_at__isnull=True).exists():
+            pending = KnowledgeChunk.objects.filter(indexed_at__isnull=True).exists()
+            if not pending and not services.embedders().reindexing:
                 continue
             try:
                 counts = services.index_pending()
             except store.StoreUnavailable as exc:
                 logger.warning("Pending knowledge not sent: %s", exc.reason)
                 return result
-        result[organization.slug] = counts
-        logger.info("Pending knowledge of %s sent: %s", organization.slug, counts)
+        if pending:
+            result[organization.slug] = counts
+            logger.info("Pending knowledge of %s sent: %s", organization.slug, counts)
     return result
 
 
+def sweep() -> list[str]:
+    """Unused collections dropped (names); Chroma down: none, one warning."""
+    try:
+        return services.collections_sweep()
+    except store.StoreUnavailable as exc:
+        logger.warning("Unused knowledge collections not swept: %s", exc.reason)
+        return []
+
+
 @shared_task(name="knowledge.prune")
-def prune_task() -> dict[str, dict[str, Any]]:
-    return prune_all()
+def prune_task() -> dict[str, Any]:
+    return {"pruned": prune_all(), "collections_dropped": sweep()}
 
 
 @shared_task(name="knowledge.index_pending")

@@ -113,8 +113,8 @@ def test_the_periodic_task_prunes_each_organization_by_its_own_policy(
 
     result = tasks.prune_task()
 
-    assert result["alpha"]["removed"]["experience"] == 1
-    assert "beta" not in result
+    assert result["pruned"]["alpha"]["removed"]["experience"] == 1
+    assert "beta" not in result["pruned"]
     with schema_context(world.beta.schema_name):
         assert KnowledgeChunk.objects.count() == 1
 
