@@ -93,6 +93,11 @@ def organization_delete(*, organization: Organization) -> None:
     schema_name = organization.schema_name
     Organization.objects.filter(pk=organization.pk).delete()
     provisioning.schema_drop(schema_name=schema_name)
+    # Its knowledge index too, once the deletion holds (a rollback must not cost it the
+    # index); Chroma unreachable: logged, and knowledge.prune's sweep drops it later.
+    from apps.knowledge.services import organization_collections_drop
+
+    transaction.on_commit(lambda: organization_collections_drop(schema_name=schema_name))
 
 
 @transaction.atomic
