@@ -3,10 +3,16 @@
     python -m scripts.run          (PORT=8000 and HOST=127.0.0.1 unless set)
 
 Finds or starts PostgreSQL and Redis (scripts/services.py), migrates, seeds the demo
-organization and its logins (manage.py seed_demo), then supervises four children, each in
+organization and its logins (manage.py seed_demo), then supervises its children, each in
 its own process group with its output prefixed by its name: runtime (the sandbox runtime,
 `python -m runtime`, started first and listening before anything that may call it), web
 (uvicorn), worker and beat (Celery). Once /healthz answers it prints the URLs and the login.
+
+Unless CHROMA_URL is set, a Chroma server for the knowledge index is one more child,
+`chroma`: `chroma run` on 127.0.0.1:8765 (a free port when that one is taken) with its
+files in .run/chroma-server and its output in .run/chroma-server.log. It starts first,
+alongside everything else, and web/worker/beat start with CHROMA_URL pointing at it once
+it answers: web and worker then share one index instead of taking turns on embedded files.
 
 The runtime keeps its sandboxes under the run directory (.run/runtime) and shares a secret
 with web/worker/beat: RUNTIME_SECRET when set, otherwise one generated on the first run and
@@ -41,6 +47,7 @@ from scripts.services import (
     ServiceError,
     Services,
     StopRequested,
+    display_path,
     ensure_services,
     free_port,
     run_dir_default,
@@ -52,6 +59,8 @@ STOP_GRACE_SECONDS = 10
 HEALTH_POLL_SECONDS = 0.5
 RUNTIME_DEFAULT_PORT = 50061
 RUNTIME_START_SECONDS = 30
+CHROMA_DEFAULT_PORT = 8765
+CHROMA_START_SECONDS = 60
 
 
 class Console:
@@ -70,8 +79,9 @@ class Console:
 
 
 class ChildFailed(Exception):
-    def __init__(self, name: str, returncode: int) -> None:
-        super().__init__(f"{name} exited unexpectedly ({_describe_exit(returncode)})")
+    def __init__(self, name: str, returncode: int, log: Path | None = None) -> None:
+        where = f"; its output is in {display_path(log)}" if log is not None else ""
+        super().__init__(f"{name} exited unexpectedly ({_describe_exit(returncode)}){where}")
 
 
 def _describe_exit(returncode: int) -> str:
@@ -81,14 +91,21 @@ def _describe_exit(returncode: int) -> str:
 
 
 class Child:
-    """A supervised process whose output lines come out as `name | line`."""
+    """A supervised process whose output lines come out as `name | line`, or go to `log`."""
 
-    def __init__(self, name: str, args: Sequence[str], env: dict[str, str], console: Console) -> None:
+    def __init__(
+        self, name: str, args: Sequence[str], env: dict[str, str], console: Console, log: Path | None = None
+    ) -> None:
         self.name = name
         self.console = console
-        self.proc = spawn(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.log = log
+        if log is None:
+            self.proc = spawn(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        else:
+            with log.open("ab") as file:
+                self.proc = spawn(args, env=env, stdout=file, stderr=subprocess.STDOUT)
         self._pump = threading.Thread(target=self._copy_output, name=f"{name}-output", daemon=True)
-        self._output_started = False
+        self._output_started = log is not None  # nothing to copy
 
     def start_output(self) -> None:
         # Started only once every child is spawned: fork with other threads running is unsafe.
@@ -216,7 +233,7 @@ def _supervise(
         for child in children:
             returncode = child.proc.poll()
             if returncode is not None:
-                raise ChildFailed(child.name, returncode)
+                raise ChildFailed(child.name, returncode, child.log)
         if (server := services.dead_server()) is not None and server.proc is not None:
             raise ChildFailed(f"the embedded {server.name}", server.proc.returncode)
         if not announced and time.monotonic() >= next_health_check:
@@ -296,6 +313,48 @@ def _wait_for_runtime(runtime: Child, listen: str) -> None:
         time.sleep(0.1)
 
 
+def _chroma_start(run_dir: Path, env: dict[str, str], console: Console) -> Child | None:
+    """The knowledge index's Chroma server, unless CHROMA_URL names one; CHROMA_URL is set in
+    `env` for the children. Not waited for here: it starts while the rest does."""
+    if env.get("CHROMA_URL", "").strip():
+        console.say(f"Knowledge index: using the Chroma server at CHROMA_URL ({env['CHROMA_URL']})")
+        return None
+    executable = Path(sys.executable).parent / "chroma"
+    if not executable.exists():
+        raise ServiceError(
+            "chroma is not installed in this environment; run `make bootstrap`, or set CHROMA_URL"
+        )
+    port = CHROMA_DEFAULT_PORT if _port_free(CHROMA_DEFAULT_PORT) else free_port()
+    path, log = run_dir / "chroma-server", run_dir / "chroma-server.log"
+    env["CHROMA_URL"] = f"http://127.0.0.1:{port}"
+    console.say(
+        f"Starting the Chroma server for the knowledge index on 127.0.0.1:{port}"
+        f" (files in {display_path(path)}, output in {display_path(log)})"
+    )
+    args = [str(executable), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)]
+    return Child("chroma", args, env, console, log=log)
+
+
+def _chroma_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1) as response:  # noqa: S310 (http:// built above)
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait_for_chroma(chroma: Child, url: str) -> None:
+    """Until the Chroma server answers its heartbeat; ChildFailed naming its log if it exits."""
+    deadline = time.monotonic() + CHROMA_START_SECONDS
+    while not _chroma_answers(url):
+        SIGNALS.raise_if_stop_requested()
+        if chroma.proc.poll() is not None:
+            raise ChildFailed(chroma.name, chroma.proc.returncode, chroma.log)
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the Chroma server did not answer at {url} within {CHROMA_START_SECONDS} s")
+        time.sleep(0.1)
+
+
 def _settings_values() -> tuple[str, str]:
     """The Celery queue and base domain, read from the same settings the children will use."""
     from django.conf import settings
@@ -324,6 +383,10 @@ def main() -> int:
                 raise ServiceError(f"the settings do not load: {exc}") from None
 
             try:
+                # Started first, waited for last: nothing calls it before web and worker start.
+                chroma = _chroma_start(run_dir, env, console)
+                if chroma is not None:
+                    children.append(chroma)
                 # First, and listening, before anything that may call it (the demo seed, web, worker).
                 console.say(f"Starting the sandbox runtime on {env['RUNTIME_LISTEN']}")
                 runtime = Child("runtime", [sys.executable, "-m", "runtime"], env, console)
@@ -365,6 +428,8 @@ def main() -> int:
                     ],
                     "beat": [*celery, "beat", "-l", "info", "-s", str(run_dir / "celerybeat-schedule")],
                 }
+                if chroma is not None:
+                    _wait_for_chroma(chroma, env["CHROMA_URL"])
                 for name, args in commands.items():
                     children.append(Child(name, args, env, console))
                 _supervise(children, services, host, port, base_domain, logins)

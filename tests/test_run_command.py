@@ -41,7 +41,7 @@ REDIS_DB = 14
 # Variables a developer's shell may set that would point the run elsewhere than the tests expect.
 OVERRIDDEN_SETTINGS = {
     "DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "TEST_REDIS_URL", "CELERY_QUEUE", "PORT", "HOST",
-    "BASE_DOMAIN", "PUBLIC_HOSTS", "ALLOWED_HOSTS", "SESSION_COOKIE_DOMAIN", "SITE_PORT",
+    "BASE_DOMAIN", "PUBLIC_HOSTS", "ALLOWED_HOSTS", "SESSION_COOKIE_DOMAIN", "SITE_PORT", "CHROMA_URL",
 }  # fmt: skip
 
 
@@ -347,11 +347,20 @@ def test_run_serves_the_platform_on_the_configured_servers_and_stops_cleanly_on_
         assert "Redis: using" in run.output
         for name in ("web", "worker", "beat"):
             assert re.search(rf"^{name} \| ", run.output, re.MULTILINE), f"no output from {name}"
+        # The knowledge index's Chroma server: a child of the run, answering on the port it named.
+        chroma_port = int(
+            run.wait_for(r"Starting the Chroma server for the knowledge index on 127\.0\.0\.1:(\d+)").group(1)
+        )
+        chroma = int(run.wait_for(r"chroma started \(pid (\d+)\)").group(1))
+        heartbeat = fetch(chroma_port, "127.0.0.1", "/api/v2/heartbeat")
+        assert heartbeat.status == 200, heartbeat.body
 
         started = _descendants(run.proc.pid)
+        assert chroma in started
         returncode = run.interrupt()
 
     assert returncode == 0, run.output
+    assert _still_running({chroma: started[chroma]}) == [], "the Chroma server outlived the run"
     assert_nothing_left(run, started)
 
     # The passwords it printed are kept for the next run, readable by their owner only.
