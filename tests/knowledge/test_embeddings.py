@@ -285,15 +285,19 @@ def test_a_registered_provider_is_built_with_its_options():
         def _embed_batch(self, texts: list[str]) -> np.ndarray:
             return np.full((len(texts), self.size), 1 / np.sqrt(self.size), dtype=np.float32)
 
+    from apps.knowledge import embeddings
+
     register_provider("constant", Constant)
     try:
         provider = get_provider("constant", size=4)
         assert provider is get_provider("constant", size=4)
         assert provider is not get_provider("constant", size=8)
         assert provider.embed(["x", "y"]).shape == (2, 4)
+        # The least recently used providers (and their caches) go past MAX_PROVIDERS.
+        for size in range(16, 16 + embeddings.MAX_PROVIDERS):
+            get_provider("constant", size=size)
+        assert get_provider("constant", size=4) is not provider
     finally:
-        from apps.knowledge import embeddings
-
         embeddings._FACTORIES.pop("constant", None)
         providers_reset()
 
