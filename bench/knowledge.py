@@ -10,6 +10,10 @@ Sections (all by default, in this order):
                         CPU from the same weights files, in alternating rounds so that the
                         machine's other load hits both alike: chunks/s for each, our share
                         of its throughput (goal >= 0.7), and how closely the vectors agree.
+  query-latency         bench/knowledge_search.py: index query p50/p99 and recall@10 at
+                        100,000 chunks, embedded Chroma and a Chroma server, beside FAISS;
+                        search() end to end.
+  ingest-rate           bench/knowledge_search.py: the Django source through chunks_put.
 
 sentence-transformers and torch live in the benchmarks' own environment,
 .run/bench-venv (requirements/bench.in; made on first use as bench/llm_gateway.py
@@ -39,6 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import knowledge_search
 from bench.llm_gateway import BENCH_REQUIREMENTS, BENCH_VENV, ROOT, progress
 
 FIXTURE = ROOT / "tests" / "knowledge" / "fixtures" / "minilm_reference.json"
@@ -275,6 +280,7 @@ def embedding_throughput(options: argparse.Namespace) -> str:
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "embedding-throughput": embedding_throughput,
+    **knowledge_search.SECTIONS,
 }
 
 
@@ -397,12 +403,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="leave sentence-transformers out")
     parser.add_argument("--write-fixture", action="store_true", help=f"write {FIXTURE.relative_to(ROOT)}")
     parser.add_argument("--st-child", metavar="MODEL_DIR", help=argparse.SUPPRESS)
+    knowledge_search.add_arguments(parser)
     options = parser.parse_args(argv)
     if options.st_child:
         st_child(options.st_child)
         return 0
     if options.chunks < BATCH_SIZE or options.rounds < 1:
         parser.error(f"--chunks must be at least {BATCH_SIZE} and --rounds at least 1")
+    if problem := knowledge_search.check_options(options):
+        parser.error(problem)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
     if options.write_fixture:
         return write_fixture()
