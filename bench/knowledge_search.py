@@ -75,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--queries", type=int, default=500, help="index queries timed (vector in)")
     group.add_argument("--searches", type=int, default=200, help="end-to-end searches timed (text in)")
     group.add_argument("--no-server", action="store_true", help="leave the Chroma server out")
+    group.add_argument(
+        "--search-ef",
+        type=int,
+        default=400,
+        help="also time a collection made with this hnsw search_ef (0: not)",
+    )
     group.add_argument("--no-faiss", action="store_true", help="leave FAISS out (no bench environment)")
     group.add_argument(
         "--files", type=int, default=DEFAULT_INGEST_FILES, help="ingest at most this many files (0: all)"
@@ -86,8 +92,8 @@ def check_options(options: argparse.Namespace) -> str | None:
     """What is wrong with the options, if anything."""
     if options.real < 100 or options.vectors < options.real:
         return "--real must be at least 100 and --vectors at least --real"
-    if options.queries < 20 or options.searches < 10 or options.files < 0:
-        return "--queries must be at least 20, --searches at least 10, --files not negative"
+    if options.queries < 20 or options.searches < 10 or options.files < 0 or options.search_ef < 0:
+        return "--queries must be at least 20, --searches at least 10, --files and --search-ef not negative"
     return None
 
 
@@ -334,17 +340,9 @@ def faiss_child(directory: str) -> None:
     print(json.dumps(out), flush=True)
 
 
-@dataclass
-class FaissResult:
-    label: str
-    build_seconds: float
-    latencies: Latencies
-    ids: NDArray[np.int64]
-
-
 def faiss_run(
     base: NDArray[np.float32], queries: NDArray[np.float32], hnsw: dict[str, int]
-) -> tuple[str, list[FaissResult]] | None:
+) -> tuple[str, list[Found]] | None:
     """FAISS on the same vectors in the bench environment; (version and threads, results)."""
     import numpy as np
 
@@ -372,9 +370,8 @@ def faiss_run(
             "flat": f"FAISS {data['version']} IndexFlatIP (exact)",
         }
         results = [
-            FaissResult(
-                label=labels[entry["name"]],
-                build_seconds=float(entry["build_seconds"]),
+            Found(
+                label=f"{labels[entry['name']]}, built in {float(entry['build_seconds']):.0f} s",
                 latencies=Latencies([float(value) for value in entry["latencies"]]),
                 ids=np.load(folder / f"ids-{entry['name']}.npy"),
             )
@@ -437,59 +434,125 @@ def exact_top(base: NDArray[np.float32], queries: NDArray[np.float32]) -> NDArra
     return out
 
 
-def recall_at_k(found: Sequence[Sequence[int]], exact: NDArray[np.int64]) -> float:
-    hits = sum(len(set(ids) & {int(value) for value in row}) for ids, row in zip(found, exact, strict=True))
-    return float(hits) / float(exact.size)
+@dataclass
+class Found:
+    """One way of searching the vectors: its latencies and the rows it found per query."""
+
+    label: str
+    latencies: Latencies
+    ids: NDArray[np.int64]  # (queries, K)
+
+
+def recall_at_k(
+    found: NDArray[np.int64], exact: NDArray[np.int64], rows: NDArray[np.bool_] | None = None
+) -> float:
+    """The share of the exact top K found, over the queries `rows` selects (all by default)."""
+    pairs = zip(found.tolist(), exact.tolist(), strict=True)
+    chosen = [pair for row, pair in enumerate(pairs) if rows is None or rows[row]]
+    hits = sum(len(set(ids) & set(wanted)) for ids, wanted in chosen)
+    return hits / float(len(chosen) * K) if chosen else float("nan")
 
 
 @dataclass
 class ModeResult:
     label: str
     upsert_seconds: float
-    index: Latencies
+    found: list[Found]  # ours first
     overfetch: Latencies
-    recall: float
     search: Latencies
     embed: Latencies
 
 
+def upsert_all(index: Any, keys: list[str], base: NDArray[np.float32], metadata: dict[str, Any]) -> float:
+    """Seconds to send every vector, in the batches services.sync_index sends."""
+    from apps.knowledge import services
+
+    started = time.perf_counter()
+    for begin in range(0, len(keys), services.INDEX_BATCH):
+        end = begin + services.INDEX_BATCH
+        index.upsert(keys[begin:end], base[begin:end], [metadata] * len(keys[begin:end]))
+    return time.perf_counter() - started
+
+
+def timed_ids(
+    label: str, query: Callable[[NDArray[np.float32]], list[int]], queries: NDArray[np.float32]
+) -> Found:
+    import numpy as np
+
+    found: list[list[int]] = []
+    latencies = timed_each(lambda vector: found.append(query(vector)), list(queries), list(queries[:20]))
+    return Found(label, latencies, np.array(found[20:], dtype=np.int64))  # the first 20: the warm-up
+
+
 def measure_mode(
     label: str,
+    options: argparse.Namespace,
     organization: Organization,
     keys: list[str],
     base: NDArray[np.float32],
     metadata: dict[str, Any],
     queries: NDArray[np.float32],
-    exact: NDArray[np.int64],
     texts: list[str],
     warmup_texts: list[str],
 ) -> ModeResult:
-    """Fill the current mode's collection with `base`, then (a), (b) and (c) on it."""
-
+    """Fill the current mode's collection with `base`, then (a) and (b) on it; embedded,
+    also chromadb's own query on the same collection and, with --search-ef, on a
+    collection made with that search_ef."""
     from apps.knowledge import scoring, services, store
     from apps.knowledge.embeddings import default_provider
 
     index = store.current_index()
     progress(f"bench: {label}: upserting {len(keys):,} vectors in batches of {services.INDEX_BATCH}")
-    started = time.perf_counter()
-    for begin in range(0, len(keys), services.INDEX_BATCH):
-        end = begin + services.INDEX_BATCH
-        index.upsert(keys[begin:end], base[begin:end], [metadata] * len(keys[begin:end]))
-    upsert_seconds = time.perf_counter() - started
+    upsert_seconds = upsert_all(index, keys, base, metadata)
     if index.count() != len(keys):
         raise RuntimeError(f"{label}: the collection holds {index.count()} vectors, not {len(keys)}")
     position = {key: row for row, key in enumerate(keys)}
 
     progress(f"bench: {label}: {len(queries)} index queries, k={K}")
-    found: list[list[int]] = []
-
-    def query(vector: NDArray[np.float32]) -> None:
-        found.append([position[hit.key] for hit in index.query(vector, K)])
-
-    latencies = timed_each(query, list(queries), list(queries[:20]))
-    recall = recall_at_k(found[20:], exact)  # the first 20 were the warm-up
+    found = [
+        timed_ids(
+            f"ours: OrganizationIndex.query, {label}",
+            lambda vector: [position[hit.key] for hit in index.query(vector, K)],
+            queries,
+        )
+    ]
     overfetch = scoring.candidates(K)
     over = timed_each(lambda vector: index.query(vector, overfetch), list(queries), list(queries[:20]))
+
+    if store.describe() == "the embedded Chroma index":
+
+        def raw(collection: Any) -> Callable[[NDArray[np.float32]], list[int]]:
+            def query(vector: NDArray[np.float32]) -> list[int]:
+                result = collection.query(query_embeddings=vector.reshape(1, -1), n_results=K, include=[])
+                return [position[key] for key in result["ids"][0]]
+
+            return query
+
+        same = store.client().get_collection(index.name)
+        found.append(timed_ids("  chromadb's Collection.query on it (no wrapper)", raw(same), queries))
+        if options.search_ef:
+            progress(f"bench: {label}: a second collection with search_ef={options.search_ef}")
+            built = same.configuration_json.get("hnsw") or {}
+            other = store.client().create_collection(
+                f"bench-search-ef-{options.search_ef}",
+                configuration={
+                    "hnsw": {
+                        "space": built.get("space", "cosine"),
+                        "ef_construction": int(built.get("ef_construction", 100)),
+                        "max_neighbors": int(built.get("max_neighbors", 16)),
+                        "ef_search": options.search_ef,
+                    }
+                },
+                embedding_function=None,
+            )
+            upsert_all(other, keys, base, metadata)
+            found.append(
+                timed_ids(
+                    f"  chromadb, a collection made with search_ef={options.search_ef} (knob)",
+                    raw(other),
+                    queries,
+                )
+            )
 
     progress(f"bench: {label}: {len(texts)} searches end to end")
 
@@ -501,7 +564,7 @@ def measure_mode(
     provider.cache.clear()
     embeds = timed_each(lambda text: provider.embed([text]), texts, [])
     provider.cache.clear()
-    return ModeResult(label, upsert_seconds, latencies, over, recall, searches, embeds)
+    return ModeResult(label, upsert_seconds, found, over, searches, embeds)
 
 
 def query_latency(options: argparse.Namespace) -> str:
@@ -538,9 +601,14 @@ def query_latency(options: argparse.Namespace) -> str:
     # Interleave held-out and noisy, so that both kinds meet the same drift of the machine.
     order = np.argsort(np.arange(len(queries)) % len(held_vectors), kind="stable")
     queries = queries[order]
+    is_real = order < len(held_vectors)
     progress("bench: exact search (numpy) for the recall")
     exact = exact_top(base, queries)
-    numpy_exact = timed_each(lambda q: np.argpartition(-(base @ q), K)[:K], list(queries), list(queries[:20]))
+    numpy_exact = timed_ids(
+        "numpy, exact (matrix-vector product, argpartition)",
+        lambda vector: [int(row) for row in np.argpartition(-(base @ vector), K)[:K]],
+        queries,
+    )
     texts = [query_text(chunk) for chunk in held_out[: options.searches]]
     warmup_texts = [query_text(chunk) for chunk in held_out[options.searches : options.searches + 10]]
 
@@ -583,7 +651,7 @@ def query_latency(options: argparse.Namespace) -> str:
         del rows
         services.refresh_count(source)
         metadata = {"kind": source.kind, "source_id": source.pk}
-        arguments = (world.organization, keys, base, metadata, queries, exact, texts, warmup_texts)
+        arguments = (options, world.organization, keys, base, metadata, queries, texts, warmup_texts)
         results = [measure_mode("Chroma embedded", *arguments)]
         collection = store.client().get_collection(store.current_index().name)
         hnsw = dict(collection.configuration_json.get("hnsw") or {})
@@ -605,6 +673,7 @@ def query_latency(options: argparse.Namespace) -> str:
                 "ef_search": int(hnsw.get("ef_search", 100)),
             },
         )
+    faiss_found = faiss[1] if faiss else []
 
     lines = [
         f"{options.vectors:,} vectors in one organization's collection: {options.real:,} real chunks' vectors"
@@ -641,53 +710,43 @@ def query_latency(options: argparse.Namespace) -> str:
         ),
         "",
         f"(a, c, d) vector in, {K} ids out, one query at a time, {len(queries)} queries",
+        table(
+            [
+                (
+                    entry.label,
+                    f"{entry.latencies.p50:.2f}",
+                    f"{entry.latencies.p99:.2f}",
+                    f"{recall_at_k(entry.ids, exact):.3f}",
+                    f"{recall_at_k(entry.ids, exact, is_real):.3f}",
+                    f"{recall_at_k(entry.ids, exact, ~is_real):.3f}",
+                )
+                for entry in [
+                    *(found for result in results for found in result.found),
+                    *faiss_found,
+                    numpy_exact,
+                ]
+            ],
+            ("index", "p50 ms", "p99 ms", "recall@10", "real queries", "noisy queries"),
+        ),
+        "",
     ]
-    rows_out: list[tuple[str, str, str, str]] = []
     for result in results:
-        rows_out.append(
-            (
-                f"ours: OrganizationIndex.query, {result.label}",
-                f"{result.index.p50:.2f}",
-                f"{result.index.p99:.2f}",
-                f"{result.recall:.3f}",
-            )
-        )
-    faiss_rows = faiss[1] if faiss else []
-    for entry in faiss_rows:
-        rows_out.append(
-            (
-                f"{entry.label}, built in {entry.build_seconds:.0f} s",
-                f"{entry.latencies.p50:.2f}",
-                f"{entry.latencies.p99:.2f}",
-                f"{recall_at_k([list(ids) for ids in entry.ids.tolist()], exact):.3f}",
-            )
-        )
-    rows_out.append(
-        (
-            "numpy, exact (matrix-vector, argpartition)",
-            f"{numpy_exact.p50:.2f}",
-            f"{numpy_exact.p99:.2f}",
-            "1",
-        )
-    )
-    lines.append(table(rows_out, ("index", "p50 ms", "p99 ms", "recall@10")))
-    lines.append("")
-    for result in results:
+        ours = result.found[0]
+        recall = recall_at_k(ours.ids, exact)
         lines.append(
-            f"{result.label}: p50 {result.index.p50:.2f} ms   goal <= {GOAL_QUERY_P50_MS:g} ms"
-            f" {met(result.index.p50 <= GOAL_QUERY_P50_MS)};   recall@10 {result.recall:.3f}"
-            f"   goal >= {GOAL_RECALL} {met(result.recall >= GOAL_RECALL)}"
+            f"{result.label}: p50 {ours.latencies.p50:.2f} ms   goal <= {GOAL_QUERY_P50_MS:g} ms"
+            f" {met(ours.latencies.p50 <= GOAL_QUERY_P50_MS)};   recall@10 {recall:.3f}"
+            f"   goal >= {GOAL_RECALL} {met(recall >= GOAL_RECALL)}"
         )
-        for entry in faiss_rows:
-            name = entry.label.split(" ", 2)[2].split(" (")[0]
+        for entry in faiss_found:
             lines.append(
-                f"  ours / FAISS {name}: p50 {result.index.p50 / entry.latencies.p50:.1f}x,"
-                f" p99 {result.index.p99 / entry.latencies.p99:.1f}x"
+                f"  ours / {entry.label.split(' (')[0]}: p50 {ours.latencies.p50 / entry.latencies.p50:.1f}x,"
+                f" p99 {ours.latencies.p99 / entry.latencies.p99:.1f}x"
             )
     if faiss is None and not options.no_faiss:
         lines.append("FAISS: not measured (no bench environment)")
     elif faiss:
-        lines.append(f"({faiss[0]})")
+        lines.append(f"({faiss[0]}; numpy with its BLAS threads)")
     overfetch = scoring.candidates(K)
     lines += [
         "",
