@@ -26,7 +26,7 @@ Sections of `python -m bench.knowledge` (its SECTIONS), each printing a table:
                  services.source_create and one services.chunks_put per file into embedded
                  Chroma: files/s, chunks/s, and the time split into chunking, embedding,
                  and PostgreSQL plus the index. --files (default 600 of about 1,060, spread
-                 evenly, about 5 minutes on two cores; 0: all).
+                 evenly, under 4 minutes on two cores; 0: all).
 
 Both run against their own database, agentyard_bench_knowledge (made afresh per section,
 dropped at the end unless --keep), Redis database 6, and a temporary Chroma folder.
@@ -69,8 +69,8 @@ K = 10
 # chunks of one module are, never duplicates.
 NOISE = 0.5
 INGEST_SUFFIXES = (".py", ".html", ".txt")
-# All of django/ (1,057 files, 15,800 chunks) takes about 8 minutes on two cores, nearly all
-# of it embedding; this many files, spread evenly over it, about 5.
+# All of django/ (1,057 files, 15,800 chunks) takes about 6 minutes on two cores, nine tenths
+# of it embedding (~42 chunks/s); this many files, spread evenly over it (~9,000 chunks), under 4.
 DEFAULT_INGEST_FILES = 600
 
 
