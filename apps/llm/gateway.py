@@ -36,6 +36,8 @@ or data:image URLs, at most MAX_IMAGE_BYTES each (apps/llm/types.py).
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 import re
 import time
@@ -121,6 +123,25 @@ class _Served:
     latency_ms: float
 
 
+def schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why `schema` is no valid JSON Schema, or None. Remembered by content: an agent sends
+    the same tool schemas at every step, and checking them costs milliseconds each time."""
+    try:
+        key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return "it cannot be written as JSON"
+    return _schema_problem(key)
+
+
+@functools.lru_cache(maxsize=2048)
+def _schema_problem(key: str) -> str | None:
+    try:
+        jsonschema.Draft202012Validator.check_schema(json.loads(key))
+    except jsonschema.SchemaError as exc:
+        return str(exc.message)
+    return None
+
+
 def validate_request(request: ChatRequest) -> None:
     """Refuse what no provider would take, with a 400 naming the problem."""
     if not request.messages:
@@ -159,24 +180,20 @@ def validate_request(request: ChatRequest) -> None:
             raise InvalidTool(
                 f"The parameters of tool {tool.name!r} must be a JSON Schema of type object.", field="tools"
             )
-        try:
-            jsonschema.Draft202012Validator.check_schema(tool.parameters)
-        except jsonschema.SchemaError as exc:
+        problem = schema_problem(tool.parameters)
+        if problem is not None:
             raise InvalidTool(
-                f"The parameters of tool {tool.name!r} are not a valid JSON Schema: {exc.message}",
+                f"The parameters of tool {tool.name!r} are not a valid JSON Schema: {problem}",
                 field="tools",
-            ) from None
+            )
     if request.tool_choice not in (None, "auto", "none", "required") and request.tool_choice not in names:
         raise InvalidTool(
             f"tool_choice names {request.tool_choice!r}, which is not among the tools.", field="tools"
         )
     if request.json_schema is not None:
-        try:
-            jsonschema.Draft202012Validator.check_schema(request.json_schema)
-        except jsonschema.SchemaError as exc:
-            raise Invalid(
-                f"json_schema is not a valid JSON Schema: {exc.message}", field="json_schema"
-            ) from None
+        problem = schema_problem(request.json_schema)
+        if problem is not None:
+            raise Invalid(f"json_schema is not a valid JSON Schema: {problem}", field="json_schema")
 
 
 def validate_context(context: CallContext) -> None:

@@ -40,6 +40,7 @@ from apps.llm.providers.base import (
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
+    tls_context,
 )
 from apps.llm.providers.http_errors import error_for_status
 from apps.llm.providers.registry import register_provider
@@ -227,6 +228,7 @@ class AnthropicProvider(Provider):
             timeout=config.timeout_seconds,
             max_retries=0,
             open_telemetry=False,
+            http_client=anthropic.DefaultAsyncHttpxClient(verify=tls_context()),
         )
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:

@@ -9,11 +9,24 @@ registry entry (apps/llm/providers/registry.py), no change to the core."""
 from __future__ import annotations
 
 import abc
+import functools
+import os
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from apps.llm.types import ChatRequest, ChatResponse, EmbeddingResponse, Message, StreamChunk
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context for every provider's HTTP client. The SDKs build a new one per client
+    by default, loading the CA bundle each time (about 20 ms), and a Celery task's gateway
+    call makes its clients anew on each event loop (apps/llm/gateway.py chat_sync)."""
+    import certifi
+
+    return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
 
 
 @dataclass(frozen=True)

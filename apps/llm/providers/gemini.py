@@ -34,6 +34,7 @@ from apps.llm.providers.base import (
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
+    tls_context,
 )
 from apps.llm.providers.http_errors import error_for_status
 from apps.llm.providers.registry import register_provider
@@ -170,7 +171,7 @@ class GeminiProvider(Provider):
             retry_options=genai_types.HttpRetryOptions(attempts=1),
             # Its own HTTP client, not aiohttp: the SDK switches to aiohttp whenever it is
             # importable (another package may bring it), and its errors are not httpx's.
-            async_client_args={"transport": httpx2.AsyncHTTPTransport()},
+            async_client_args={"transport": httpx2.AsyncHTTPTransport(verify=tls_context())},
         )
         self.client = genai.Client(api_key=config.api_key or "none", http_options=options)
 

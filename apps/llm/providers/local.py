@@ -414,6 +414,24 @@ def _tools_wanted(request: ChatRequest) -> tuple[Tool, ...]:
     return chosen
 
 
+# A string's maxLength becomes one nested optional rule per character, and llama.cpp's
+# grammar parser refuses a grammar nested that deep (a maxLength of 2,000 is refused); above
+# this the bound is left to the caller's own validation of the arguments.
+GRAMMAR_MAX_LENGTH = 256
+
+
+def _without_long_max_lengths(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {
+            key: _without_long_max_lengths(value)
+            for key, value in schema.items()
+            if not (key == "maxLength" and isinstance(value, int) and value > GRAMMAR_MAX_LENGTH)
+        }
+    if isinstance(schema, list):
+        return [_without_long_max_lengths(item) for item in schema]
+    return schema
+
+
 @lru_cache(maxsize=256)
 def _grammar_text(tools_json: str, tool_choice: str | None, reply_schema_json: str | None) -> str:
     """GBNF for the answer: a tool call (if tools) and/or a reply (text, or JSON of a schema)."""
@@ -425,7 +443,9 @@ def _grammar_text(tools_json: str, tool_choice: str | None, reply_schema_json: s
 
     def call_schema(tool: Tool) -> dict[str, Any]:
         # Each tool's "#/..." references are its own, resolved before it is wrapped.
-        parameters = converter.resolve_refs(tool.parameters or {"type": "object"}, f"tool-{tool.name}")
+        parameters = converter.resolve_refs(
+            _without_long_max_lengths(tool.parameters or {"type": "object"}), f"tool-{tool.name}"
+        )
         return {
             "type": "object",
             "properties": {"name": {"const": tool.name}, "arguments": parameters},
