@@ -18,7 +18,8 @@ Sections of `python -m bench.knowledge` (its SECTIONS), each printing a table:
                      for all queries and for the real and noisy ones apart; embedded, also
                      chromadb's own Collection.query on the same collection (what our
                      wrapper costs) and a second collection made with a larger hnsw
-                     search_ef (--search-ef; store.py's collections use Chroma's 100);
+                     search_ef (--search-ef, 0 by default; store.py's HNSW_CONFIGURATION
+                     sets the collections' own);
                  (d) FAISS beside it on the same vectors, in the bench environment
                      (.run/bench-venv, requirements/bench.in): IndexHNSWFlat with Chroma's
                      HNSW parameters, and the exact IndexFlatIP.
@@ -85,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--search-ef",
         type=int,
-        default=800,
+        default=0,
         help="also time a collection made with this hnsw search_ef (0: not)",
     )
     group.add_argument("--no-faiss", action="store_true", help="leave FAISS out (no bench environment)")
