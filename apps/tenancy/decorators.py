@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
 
+from apps.tenancy.models import Membership, Organization
 from apps.tenancy.roles import ACTIONS, role_allows
 
 View = TypeVar("View", bound=Callable[..., HttpResponseBase])
@@ -47,3 +48,15 @@ def require_action(action_key: str) -> Callable[[View], View]:
         return cast(View, wrapper)
 
     return decorator
+
+
+def page_organization(request: HttpRequest) -> Organization:
+    """The organization whose host the page was asked on (set by the tenant middleware)."""
+    organization: Organization = request.tenant  # type: ignore[attr-defined]
+    return organization
+
+
+def page_allows(request: HttpRequest, action_key: str) -> bool:
+    """Whether the member viewing the page may perform the action (to show its controls)."""
+    membership: Membership = request.membership  # type: ignore[attr-defined]
+    return role_allows(membership.role, action_key)

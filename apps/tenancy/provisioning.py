@@ -13,7 +13,7 @@ a reused connection). Here the template is read once per process into a
 keys, rows to copy), and each new schema is one batch of plain DDL. The plan is
 rebuilt when the template's migrations change, and the template is migrated
 first if it lags behind the code. A template holding anything the plan does not
-know how to copy (views, functions, triggers, types, free-standing sequences)
+know how to copy (views, functions, triggers calling them, types, free-standing sequences)
 falls back to django-tenants' function, which copies everything.
 """
 
@@ -110,9 +110,12 @@ def _unsupported_objects(cursor: CursorWrapper, template: str) -> list[str]:
             "SELECT count(*) FROM pg_class WHERE relnamespace = %s::regnamespace AND relkind IN ('v', 'm')"
         ),
         "functions": "SELECT count(*) FROM pg_proc WHERE pronamespace = %s::regnamespace",
-        "triggers": (
+        # Triggers are copied (below) when their functions live outside the template.
+        "triggers calling the template's own functions": (
             "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " JOIN pg_proc p ON p.oid = t.tgfoid"
             " WHERE c.relnamespace = %s::regnamespace AND NOT t.tgisinternal"
+            " AND p.pronamespace = c.relnamespace"
         ),
         "types": (
             "SELECT count(*) FROM pg_type"
@@ -183,6 +186,13 @@ def _build_plan(template: str) -> ClonePlan:
             " WHERE c.relnamespace = %s::regnamespace"
             " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)"
             " ORDER BY c.relname",
+            [template],
+        )
+        statements.extend(retarget(row[0]) for row in cursor.fetchall())
+        # Triggers (e.g. agents' append-only events), calling functions of the public schema.
+        cursor.execute(
+            "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " WHERE c.relnamespace = %s::regnamespace AND NOT t.tgisinternal ORDER BY c.relname, t.tgname",
             [template],
         )
         statements.extend(retarget(row[0]) for row in cursor.fetchall())
@@ -264,6 +274,11 @@ def schema_signature(schema_name: str) -> dict[str, list[tuple[str, ...]]]:
         "indexes": (
             "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i"
             " JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relnamespace = %s::regnamespace"
+        ),
+        "triggers": (
+            "SELECT c.relname, pg_get_triggerdef(t.oid) FROM pg_trigger t"
+            " JOIN pg_class c ON c.oid = t.tgrelid"
+            " WHERE c.relnamespace = %s::regnamespace AND NOT t.tgisinternal"
         ),
     }
     signature = {}

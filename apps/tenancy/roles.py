@@ -107,6 +107,27 @@ ACTIONS: Final[dict[str, Action]] = {
             BUILDERS,
             "Index repositories, upload documents, delete sources and set retention",
         ),
+        Action(
+            "agents.view",
+            "agents",
+            "read",
+            EVERYONE,
+            "See agent runs, their events and live view, agent profiles and tools",
+        ),
+        Action(
+            "agents.run",
+            "agents",
+            "write",
+            BUILDERS,
+            "Start agent runs; cancel, pause, resume, approve or deny them; commit their diff",
+        ),
+        Action(
+            "agents.manage",
+            "agents_settings",
+            "write",
+            MANAGERS,
+            "Create, edit and delete agent profiles and the organization's agent tools",
+        ),
     ]
 }
 
