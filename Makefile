@@ -41,6 +41,8 @@ bench: bootstrap
 	@$(PY) -m scripts.services exec -- $(PY) -m bench.llm_gateway
 	@$(PY) -m scripts.services exec -- $(PY) -m bench.llm_local
 	@$(PY) -m scripts.services exec -- $(PY) -m bench.knowledge
+	@$(PY) -m scripts.services exec -- $(PY) -m bench.agent_pool
+	@$(PY) -m scripts.services exec -- $(PY) -m bench.agents
 
 requirements:
 	.venv/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links requirements/base.in -o requirements/base.txt

@@ -2,6 +2,8 @@
 
 from django.urls import path
 
+from apps.agents import urls_api as agents_urls
+from apps.agents import urls_tools as agents_tools_urls
 from apps.knowledge import urls_api as knowledge_urls
 from apps.llm import api as llm_api
 from apps.prompts import urls_api as prompts_urls
@@ -67,4 +69,6 @@ urlpatterns = [
     path("llm/usage", llm_api.UsageView.as_view(), name="api-llm-usage"),
     *prompts_urls.urlpatterns,
     *knowledge_urls.urlpatterns,
+    *agents_urls.urlpatterns,
+    *agents_tools_urls.urlpatterns,
 ]

@@ -18,4 +18,6 @@ urlpatterns = [
     path("", include("apps.prompts.urls_pages")),
     path("", include("apps.llm.urls_pages")),
     path("", include("apps.knowledge.urls_pages")),
+    path("", include("apps.agents.urls_pages")),
+    path("", include("apps.agents.urls_tools_pages")),
 ]

@@ -119,9 +119,53 @@ def _alpha_knowledge_source(world: World) -> int:
     return source.pk
 
 
+def _alpha_agent_profile(world: World) -> int:
+    from apps.agents.models import AgentProfile
+
+    profile, _ = AgentProfile.objects.get_or_create(
+        name="isolation-sample", defaults={"role": "Alpha's agent"}
+    )
+    return profile.pk
+
+
+def _alpha_run(world: World) -> str:
+    """A finished run of Alpha with a secret in its events, result and diff (rows only)."""
+    from apps.agents.events import event_append
+    from apps.agents.models import AgentRun
+
+    run = AgentRun.objects.filter(task="isolation-sample: Alpha's secret task").first()
+    if run is None:
+        run = AgentRun.objects.create(
+            task="isolation-sample: Alpha's secret task",
+            workspace_id=_alpha_workspace(world),
+            state=AgentRun.State.SUCCEEDED,
+            result={"answer": "Alpha's secret answer", "diff": "+alpha secret\n", "commit": None},
+        )
+        event_append(run=run, kind="message", payload={"role": "user", "text": "Alpha's secret task"})
+    return str(run.pk)
+
+
 def _catalog_model(world: World) -> str:
     """A model name (/v1/models/<model_id>): the catalog is shared, the key decides who asks."""
     return "smollm2-135m"
+
+
+def _alpha_agent_tool(world: World) -> int:
+    """An MCP server tool of Alpha with a secret header (its test would connect out: refusals come first)."""
+    import json
+
+    from apps.agents.models import OrganizationTool
+    from apps.workspaces.crypto import encrypt_text
+
+    tool, _ = OrganizationTool.objects.get_or_create(
+        name="isolation-sample",
+        defaults={
+            "kind": "mcp",
+            "url": "http://127.0.0.1:9/mcp",
+            "headers_encrypted": encrypt_text(json.dumps({"Authorization": "Bearer alpha-only"})),
+        },
+    )
+    return tool.pk
 
 
 SAMPLE_VALUES: dict[str, Callable[[World], Any]] = {
@@ -134,6 +178,9 @@ SAMPLE_VALUES: dict[str, Callable[[World], Any]] = {
     "prompt_version": _alpha_prompt_version,
     "model_id": _catalog_model,
     "source_id": _alpha_knowledge_source,
+    "profile_id": _alpha_agent_profile,
+    "run_id": _alpha_run,
+    "tool_id": _alpha_agent_tool,
     "endpoint": lambda world: "responses",  # /v1/<path:endpoint>: APIs the OpenAI endpoint lacks
 }
 
@@ -201,7 +248,7 @@ def find_leaks(urlconf: ModuleType, world: World) -> list[str]:
     }
     # API keys of Beta with every scope: on Alpha's host, and on the public host
     # (where the key selects Beta) asking for Alpha's objects.
-    beta_key = _beta_admin_key(world)
+    beta_key = beta_admin_key(world)
     key_visitors: dict[str, Client] = {
         "beta's admin key on alpha's host": Client(HTTP_HOST=host(world.alpha), HTTP_AUTHORIZATION=beta_key),
         "beta's admin key on the API host": Client(HTTP_HOST=host(None), HTTP_AUTHORIZATION=beta_key),
@@ -230,7 +277,7 @@ def _has_parameters(endpoint: Endpoint) -> bool:
     return bool(_PARAMETER.search(endpoint.route))
 
 
-def _beta_admin_key(world: World) -> str:
+def beta_admin_key(world: World) -> str:
     from apps.tenancy import identity
     from apps.tenancy.audit import Actor
 

@@ -9,12 +9,14 @@ import pytest
 from django.test import override_settings
 from django.urls import URLPattern, URLResolver
 from django_tenants.utils import schema_context
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 import config.urls_tenant
 import tests.leaky_urls
 from config.routing import websocket_urlpatterns
-from tests.conftest import LiveServer, World, client_for
-from tests.isolation import Endpoint, concrete_path, find_leaks, tenant_endpoints
+from tests.conftest import LiveServer, World, client_for, host
+from tests.isolation import Endpoint, beta_admin_key, concrete_path, find_leaks, tenant_endpoints
 from tests.websocket import session_cookie_for, ws_connect
 
 
@@ -84,6 +86,39 @@ def test_no_websocket_route_accepts_people_from_outside_the_organization(
                 except ConnectionRefusedError as exc:
                     if "403" not in str(exc):
                         leaks.append(f"{path} as {who}: refused oddly ({exc})")
+        return leaks
+
+    assert asyncio.run(attempts()) == []
+
+
+def test_no_websocket_route_accepts_another_organizations_api_key(
+    asgi_server: LiveServer, world: World
+) -> None:
+    """Beta's admin key, sent as a header (as API clients do), on Alpha's host: refused at
+    the handshake by every route, whether it reads keys or only sessions."""
+    with schema_context(world.alpha.schema_name):
+        paths = [
+            concrete_path(Endpoint(route=str(route.pattern), name=None), world)
+            for route in websocket_urlpatterns
+        ]
+    beta_key = beta_admin_key(world)
+
+    async def attempts() -> list[str]:
+        leaks = []
+        target = f"{host(world.alpha)}:{asgi_server.port}"
+        for path in paths:
+            try:
+                async with connect(
+                    f"ws://{target}{path}",
+                    host="127.0.0.1",
+                    port=asgi_server.port,
+                    additional_headers={"Authorization": beta_key},
+                    open_timeout=10,
+                ) as socket:
+                    leaks.append(f"{path}: accepted, sent {json.loads(await socket.recv())}")
+            except InvalidStatus as exc:
+                if exc.response.status_code != 403:
+                    leaks.append(f"{path}: refused oddly ({exc.response.status_code})")
         return leaks
 
     assert asyncio.run(attempts()) == []

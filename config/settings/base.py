@@ -50,7 +50,19 @@ def channel_layers_for(redis_url: str, *, prefix: str) -> dict[str, Any]:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # redis-py 8 reads with a 5 s socket timeout by default, the same as channels_redis's
             # blocking pop: an idle socket's consumer then died with TimeoutError after a few seconds.
-            "CONFIG": {"hosts": [{"address": redis_url, "socket_timeout": 30}], "prefix": prefix},
+            # redis-py 8 caps a pool at 100 connections and raises beyond; a web process whose
+            # hundreds of live-view sockets close at once (group_discard each) went past it
+            # (bench/agents.py event-latency, 200 watchers), leaving group memberships behind.
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": redis_url,
+                        "socket_timeout": 30,
+                        "max_connections": env_int("CHANNELS_REDIS_MAX_CONNECTIONS", 2000),
+                    }
+                ],
+                "prefix": prefix,
+            },
         }
     }
 
@@ -86,6 +98,8 @@ SHARED_APPS = [
     "apps.tenancy",
     # The model catalog, credentials and usage roll-ups of every organization.
     "apps.llm",
+    # The agent pool: every organization's runs in one fair line.
+    "apps.scheduling",
 ]
 TENANT_APPS = [
     "django.contrib.contenttypes",
@@ -93,6 +107,7 @@ TENANT_APPS = [
     "apps.workspaces",
     "apps.prompts",
     "apps.knowledge",
+    "apps.agents",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
@@ -226,6 +241,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RoleEnum": "apps.tenancy.models.Membership.Role",
         "KnowledgeKindEnum": "apps.knowledge.models.KnowledgeSource.Kind",
+        "AgentToolKindEnum": "apps.agents.models.OrganizationTool.Kind",
         "FileKindEnum": ["file", "dir", "symlink", "other"],  # a workspace's file entries
     },
 }
@@ -417,3 +433,59 @@ KNOWLEDGE_CONTEXT_TOKENS = env_int("KNOWLEDGE_CONTEXT_TOKENS", 1500)
 CELERY_BEAT_SCHEDULE["knowledge-prune"] = {"task": "knowledge.prune", "schedule": 6 * 3600.0}
 CELERY_BEAT_SCHEDULE["knowledge-index-pending"] = {"task": "knowledge.index_pending", "schedule": 60.0}
 # --- end of knowledge ---------------------------------------------------------
+
+# --- Agent pool (apps/scheduling) ---------------------------------------------
+# Runs in flight at once: in the whole pool, and per organization (plans will set theirs,
+# apps/scheduling/limits.py). Runs beyond either wait in line, never fail.
+AGENTS_POOL_SIZE = env_int("AGENTS_POOL_SIZE", 16)
+AGENTS_ORG_CONCURRENCY = env_int("AGENTS_ORG_CONCURRENCY", 4)
+# The beat's safety net (scheduling.dispatch) runs this often; a slot claimed but not handed
+# to its run this long ago is handed again, and a stopped run's slot not released is freed.
+AGENTS_POOL_CHECK_SECONDS = env_int("AGENTS_POOL_CHECK_SECONDS", 15)
+AGENTS_POOL_HANDOFF_RETRY_SECONDS = env_int("AGENTS_POOL_HANDOFF_RETRY_SECONDS", 60)
+# Waiting runs this close to the front get a state event with their new place when it
+# changes (the live view shows it); the rest read it from queue_position. 0: no events.
+AGENTS_POOL_ANNOUNCE_POSITIONS = env_int("AGENTS_POOL_ANNOUNCE_POSITIONS", 10)
+CELERY_BEAT_SCHEDULE["scheduling-dispatch"] = {
+    "task": "scheduling.dispatch",
+    "schedule": float(AGENTS_POOL_CHECK_SECONDS),
+}
+# --- end of agent pool --------------------------------------------------------
+
+# --- Organization agent tools (apps/agents/tools/organization.py) -------------
+# HTTP tools and MCP servers an organization adds may sit on private or loopback addresses
+# (development and tests run theirs on loopback); production turns this off: https only, to
+# hosts that resolve to public addresses, so agents cannot be pointed at the platform's network.
+AGENTS_TOOLS_ALLOW_PRIVATE_URLS = env_bool("AGENTS_TOOLS_ALLOW_PRIVATE_URLS", True)
+# --- end of organization agent tools ------------------------------------------
+
+# --- Agent runs (apps/agents: loop.py, tasks.py) --------------------------------
+# The longest task a member may give, in characters (longer material goes in the workspace).
+AGENTS_MAX_TASK_CHARS = env_int("AGENTS_MAX_TASK_CHARS", 20_000)
+# The model a run uses without a profile: "auto" lets the gateway's router choose (the local
+# model when the organization has no provider key).
+AGENTS_DEFAULT_MODEL = env_str("AGENTS_DEFAULT_MODEL", "auto")
+# The most tokens the model may write in one step.
+AGENTS_MAX_OUTPUT_TOKENS = env_int("AGENTS_MAX_OUTPUT_TOKENS", 1024)
+# What the knowledge hook may add to a step's context, in tokens.
+AGENTS_KNOWLEDGE_TOKENS = env_int("AGENTS_KNOWLEDGE_TOKENS", 1500)
+# The same action with the same result this many steps in a row: the run is stuck and fails.
+AGENTS_STUCK_REPEATS = env_int("AGENTS_STUCK_REPEATS", 3)
+# A worker driving a run says so this often; a running run silent for STALE seconds is
+# resumed by another worker (agents.reap, every REAP seconds): within a minute of a crash.
+AGENTS_HEARTBEAT_SECONDS = env_int("AGENTS_HEARTBEAT_SECONDS", 5)
+AGENTS_HEARTBEAT_STALE_SECONDS = env_int("AGENTS_HEARTBEAT_STALE_SECONDS", 20)
+AGENTS_REAP_SECONDS = env_int("AGENTS_REAP_SECONDS", 10)
+# The Celery queue agent steps go to ("": the default queue), so runs can have workers of their own.
+AGENTS_STEP_QUEUE = env_str("AGENTS_STEP_QUEUE", "")
+CELERY_BEAT_SCHEDULE["agents-reap"] = {"task": "agents.reap", "schedule": float(AGENTS_REAP_SECONDS)}
+# --- end of agent runs ----------------------------------------------------------
+
+# --- Built-in agent tools (apps/agents/tools/builtin.py) -----------------------
+# What a tool's output may hold for the model, in characters; longer output keeps its
+# beginning and end with a marker in between. A command's timeout: the default, and the
+# most a call may ask for (the run's wall-time budget may cut it shorter).
+AGENTS_TOOL_OUTPUT_CHARS = env_int("AGENTS_TOOL_OUTPUT_CHARS", 16000)
+AGENTS_TOOL_TIMEOUT_SECONDS = env_int("AGENTS_TOOL_TIMEOUT_SECONDS", 120)
+AGENTS_TOOL_MAX_TIMEOUT_SECONDS = env_int("AGENTS_TOOL_MAX_TIMEOUT_SECONDS", 1800)
+# --- end of built-in agent tools ------------------------------------------------

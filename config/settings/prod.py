@@ -47,3 +47,5 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
 
 # Owners type their OIDC issuer; the server must not be sent into its own network.
 SSO_ALLOW_PRIVATE_ISSUERS = env_bool("SSO_ALLOW_PRIVATE_ISSUERS", False)
+# Agents' organization tools likewise (apps/agents/tools/organization.py).
+AGENTS_TOOLS_ALLOW_PRIVATE_URLS = env_bool("AGENTS_TOOLS_ALLOW_PRIVATE_URLS", False)

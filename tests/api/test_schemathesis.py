@@ -102,7 +102,7 @@ def test_the_fuzzer_covers_every_operation_the_api_implements(world: World) -> N
     implemented = set()
     for pattern in config.urls_api.urlpatterns:
         view_class = getattr(pattern.callback, "view_class")  # noqa: B009 (as_view() sets it; untyped)
-        path = "/api/v1/" + re.sub(r"<int:(\w+)>", r"{\1}", str(pattern.pattern))
+        path = "/api/v1/" + re.sub(r"<(?:int|uuid|slug|str):(\w+)>", r"{\1}", str(pattern.pattern))
         implemented |= {
             (method.upper(), path)
             for method in ("get", "post", "put", "patch", "delete")

@@ -12,7 +12,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from apps.llm import selectors
-from apps.llm.models import ModelAccess, UsageDaily
+from apps.llm.models import ModelAccess, UsageDaily, UsageHourly
 from apps.tenancy.models import AuditEvent
 from tests.conftest import ARTIFACTS, LiveServer, World
 
@@ -22,6 +22,9 @@ MODEL = "gpt-4o-mini"
 
 @pytest.fixture
 def usage(live_db: World) -> Iterator[None]:
+    # Only these rows: earlier tests' real calls (agent runs on the local model) were metered too.
+    UsageDaily.objects.filter(organization__in=[live_db.alpha, live_db.beta]).delete()
+    UsageHourly.objects.filter(organization__in=[live_db.alpha, live_db.beta]).delete()
     today = timezone.now().date()
     rows = [
         UsageDaily.objects.create(

@@ -1,0 +1,113 @@
+"""The tools a run may call: built-ins and the organization's own, by the profile's allow-list.
+
+    toolbox = tools_for(run)
+    toolbox.llm_tools()            # what the gateway offers the model
+    spec = toolbox.get(wire_name)  # the tool the model chose
+
+A tool's name on the wire must match the providers' rule (letters, digits, _ and -, at
+most 64); an organization's MCP tool is named "<server>.<tool>", so its wire name has
+the dot replaced. Every handler is wrapped to count its calls, errors and time in
+ToolStat (per organization: the table is in its schema).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from django.db.models import F
+from django.utils import timezone
+
+from apps.agents.models import ToolStat
+from apps.agents.tools.base import ToolCallContext, ToolOutcome, ToolSpec
+from apps.llm.types import Tool
+
+if TYPE_CHECKING:
+    from apps.agents.models import AgentRun
+
+WIRE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# Without `finish` a run could only end by a budget, whatever the allow-list says.
+ALWAYS_ALLOWED = frozenset({"finish"})
+
+
+def wire_name(name: str) -> str:
+    return WIRE_NAME_UNSAFE.sub("_", name)[:64]
+
+
+def tool_stat_record(*, tool: str, elapsed_ms: float, error: str | None) -> None:
+    """One call of `tool`: counted, timed, and its error kept when it failed."""
+    ToolStat.objects.bulk_create([ToolStat(tool=tool)], ignore_conflicts=True)
+    changes: dict[str, Any] = {
+        "calls": F("calls") + 1,
+        "total_ms": F("total_ms") + round(elapsed_ms),
+        "last_used_at": timezone.now(),
+    }
+    if error is not None:
+        changes["errors"] = F("errors") + 1
+        changes["last_error"] = error[:1000]
+    ToolStat.objects.filter(tool=tool).update(**changes)
+
+
+def _counted(spec: ToolSpec) -> Callable[[ToolCallContext, dict[str, Any]], ToolOutcome]:
+    handler = spec.handler
+
+    def call(context: ToolCallContext, arguments: dict[str, Any]) -> ToolOutcome:
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            outcome = handler(context, arguments)
+            if outcome.error:
+                error = outcome.output.strip().splitlines()[0] if outcome.output.strip() else "error"
+            return outcome
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            tool_stat_record(tool=spec.name, elapsed_ms=(time.perf_counter() - started) * 1000, error=error)
+
+    return call
+
+
+@dataclass(frozen=True)
+class Toolbox:
+    specs: dict[str, ToolSpec]  # by wire name
+
+    def llm_tools(self) -> tuple[Tool, ...]:
+        return tuple(
+            Tool(name=name, description=spec.description, parameters=spec.parameters)
+            for name, spec in self.specs.items()
+        )
+
+    def get(self, name: str) -> ToolSpec | None:
+        return self.specs.get(name)
+
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+
+def _organization_tools(run: AgentRun) -> list[ToolSpec]:
+    try:
+        from apps.agents.tools.organization import organization_tools
+    except ImportError:  # the organization's tools are optional to the loop
+        return []
+    return list(organization_tools(run))
+
+
+def tools_for(run: AgentRun) -> Toolbox:
+    """The run's tools: built-ins first (they win a name clash), then the organization's,
+    kept to the profile's allow-list when it has one."""
+    from apps.agents.tools.builtin import builtin_tools
+
+    allowed = set(run.settings.get("tools") or [])
+    specs: dict[str, ToolSpec] = {}
+    for spec in [*builtin_tools(), *_organization_tools(run)]:
+        if allowed and spec.name not in allowed and spec.name not in ALWAYS_ALLOWED:
+            continue
+        name = wire_name(spec.name)
+        if name in specs:
+            continue
+        specs[name] = replace(spec, handler=_counted(spec))
+    return Toolbox(specs=specs)
