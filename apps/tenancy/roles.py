@@ -15,6 +15,8 @@ EVERYONE: Final = frozenset(Role)
 MANAGERS: Final = frozenset({Role.OWNER, Role.ADMIN})
 OWNERS: Final = frozenset({Role.OWNER})
 BUILDERS: Final = frozenset({Role.OWNER, Role.ADMIN, Role.MEMBER})
+# The billing role exists to pay: it changes the plan and budgets, nothing else.
+BILLING_MANAGERS: Final = frozenset({Role.OWNER, Role.ADMIN, Role.BILLING})
 
 ADMIN_SCOPE: Final = "admin"
 
@@ -127,6 +129,20 @@ ACTIONS: Final[dict[str, Action]] = {
             "write",
             MANAGERS,
             "Create, edit and delete agent profiles and the organization's agent tools",
+        ),
+        Action(
+            "billing.view",
+            "billing",
+            "read",
+            EVERYONE,
+            "See the plan, its limits, usage and cost, invoices and budgets",
+        ),
+        Action(
+            "billing.manage",
+            "billing",
+            "write",
+            BILLING_MANAGERS,
+            "Change the plan (checkout), open the payment portal, set budgets and alert thresholds",
         ),
     ]
 }
