@@ -100,6 +100,8 @@ SHARED_APPS = [
     "apps.llm",
     # The agent pool: every organization's runs in one fair line.
     "apps.scheduling",
+    # Plans, features, quotas, the usage ledger and Stripe.
+    "apps.billing",
 ]
 TENANT_APPS = [
     "django.contrib.contenttypes",
