@@ -491,3 +491,8 @@ AGENTS_TOOL_OUTPUT_CHARS = env_int("AGENTS_TOOL_OUTPUT_CHARS", 16000)
 AGENTS_TOOL_TIMEOUT_SECONDS = env_int("AGENTS_TOOL_TIMEOUT_SECONDS", 120)
 AGENTS_TOOL_MAX_TIMEOUT_SECONDS = env_int("AGENTS_TOOL_MAX_TIMEOUT_SECONDS", 1800)
 # --- end of built-in agent tools ------------------------------------------------
+
+# --- Plans and quotas (apps/billing/plans.py, features.py, quotas.py) -----------
+# The plan an organization's billing account starts on (a Plan key).
+BILLING_DEFAULT_PLAN = env_str("BILLING_DEFAULT_PLAN", "free")
+# --- end of plans and quotas ------------------------------------------------------

@@ -36,3 +36,8 @@ LLM_ROUTER_STATS_SYNC_SECONDS = 0
 # the index set their own path per test (tests/knowledge/conftest.py).
 CHROMA_URL = ""
 KNOWLEDGE_CHROMA_PATH = str(Path(tempfile.gettempdir()) / f"agentyard-test-chroma-{os.getpid()}")
+
+# The test world's organizations start on Business, which has every feature the suite
+# exercises (SSO, knowledge, audit export) and limits above the platform caps the
+# existing tests set; billing tests move an organization to a smaller plan themselves.
+BILLING_DEFAULT_PLAN = "business"
