@@ -492,6 +492,31 @@ AGENTS_TOOL_TIMEOUT_SECONDS = env_int("AGENTS_TOOL_TIMEOUT_SECONDS", 120)
 AGENTS_TOOL_MAX_TIMEOUT_SECONDS = env_int("AGENTS_TOOL_MAX_TIMEOUT_SECONDS", 1800)
 # --- end of built-in agent tools ------------------------------------------------
 
+# --- Usage ledger (apps/billing/ledger.py, apps/billing/tasks.py) ----------------
+# USD per unit for a usage kind the organization's plan leaves out of its unit_prices
+# (the free plan prices nothing): sandbox seconds and storage GB-hours. LLM tokens are
+# always priced from the model catalogue.
+BILLING_DEFAULT_UNIT_PRICES = {
+    "sandbox_seconds": env_str("BILLING_SANDBOX_SECOND_USD", "0.00003"),  # 0.108 USD per hour
+    "storage_gb_hours": env_str("BILLING_STORAGE_GB_HOUR_USD", "0.0001"),  # 0.073 USD per GB-month
+}
+# Running sandboxes are accounted up to the start of each interval of this many minutes
+# (a stop accounts the rest at once); beat runs the task every BILLING_SANDBOX_ACCOUNT_MINUTES.
+BILLING_SANDBOX_ACCOUNT_MINUTES = env_int("BILLING_SANDBOX_ACCOUNT_MINUTES", 15)
+# Each organization's storage is measured once per interval of this many minutes; a
+# measurement counts since the previous one, at most BILLING_STORAGE_MAX_SPAN_HOURS back.
+BILLING_STORAGE_MEASURE_MINUTES = env_int("BILLING_STORAGE_MEASURE_MINUTES", 60)
+BILLING_STORAGE_MAX_SPAN_HOURS = env_int("BILLING_STORAGE_MAX_SPAN_HOURS", 24)
+CELERY_BEAT_SCHEDULE["billing-sandbox-seconds"] = {
+    "task": "billing.sandbox_seconds_account",
+    "schedule": 60.0 * BILLING_SANDBOX_ACCOUNT_MINUTES,
+}
+CELERY_BEAT_SCHEDULE["billing-storage-measure"] = {
+    "task": "billing.storage_measure",
+    "schedule": 60.0 * BILLING_STORAGE_MEASURE_MINUTES,
+}
+# --- end of usage ledger --------------------------------------------------------
+
 # --- Plans and quotas (apps/billing/plans.py, features.py, quotas.py) -----------
 # The plan an organization's billing account starts on (a Plan key).
 BILLING_DEFAULT_PLAN = env_str("BILLING_DEFAULT_PLAN", "free")
