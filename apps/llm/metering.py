@@ -11,6 +11,16 @@ old (default 5; checked after each call), and at interpreter exit. Hourly rows a
 pruned after LLM_USAGE_HOURLY_RETENTION_DAYS (default 14) by a beat task; daily
 rows stay. A failed write keeps the sums for the next flush.
 
+The same transaction writes the billing ledger (apps/billing/ledger.py): one UsageRecord
+per (organization, hour, model, source, user, kind) summed in the flush, source being the
+agent run, else the API key, else the user. Each flush has an id, and its rows'
+idempotency keys derive from it: a flush whose write failed is retried as the same batch
+with the same id (never merged into newer sums), so when the failure came after PostgreSQL
+had committed (a connection lost on COMMIT), the retry finds its ledger rows there, writes
+none, and skips these roll-ups too. A batch with nothing billable (only failures or cache
+hits) has no ledger rows to tell by; its counts could then be added twice, never a cost.
+The hot path (record) is unchanged: a dict update under a lock.
+
 Failed calls count in `failures` and cost nothing; cache hits count in `requests`
 and `cache_hits` with no tokens billed.
 """
@@ -21,6 +31,7 @@ import atexit
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -30,6 +41,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from apps.billing.ledger import UsageLine, idempotency_key, llm_unit_prices, usage_record_many
 from apps.llm.models import UsageDaily, UsageHourly
 from apps.llm.types import CallContext, Usage
 
@@ -70,6 +82,8 @@ class Meter:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._pending: dict[Key, Sums] = {}
+        # Batches whose write failed, oldest first, each with its flush id: retried as they were.
+        self._unwritten: list[tuple[str, dict[Key, Sums]]] = []
         self._calls = 0
         self._oldest: float | None = None
 
@@ -136,7 +150,8 @@ class Meter:
         """Cost recorded here and not yet written (budgets add it to the written spend)."""
         with self._lock:
             total = Decimal(0)
-            for key, sums in self._pending.items():
+            batches = [self._pending, *(batch for _, batch in self._unwritten)]
+            for key, sums in (item for batch in batches for item in batch.items()):
                 if key[0] != organization_id:
                     continue
                 if api_key_id is not None and key[5] != api_key_id:
@@ -147,37 +162,129 @@ class Meter:
         return float(total)
 
     def flush(self) -> int:
-        """Write the pending sums; the number of roll-up keys written."""
+        """Write the pending sums (after any batch whose write failed before, under its own
+        flush id); the number of roll-up keys written."""
         with self._flush_lock:
             with self._lock:
-                pending, self._pending = self._pending, {}
+                batches = self._unwritten
+                if self._pending:
+                    batches.append((uuid.uuid4().hex, self._pending))
+                self._unwritten, self._pending = [], {}
                 self._calls = 0
                 self._oldest = None
-            if not pending:
-                return 0
-            try:
-                with transaction.atomic():
-                    _upsert(UsageHourly._meta.db_table, "hour", pending, daily=False)
-                    _upsert(UsageDaily._meta.db_table, "day", pending, daily=True)
-            except Exception:
-                logger.exception("Writing LLM usage failed; keeping %d sums for the next flush", len(pending))
-                with self._lock:
-                    for key, sums in pending.items():
-                        existing = self._pending.get(key)
-                        if existing is None:
-                            self._pending[key] = sums
-                        else:
-                            existing.add(sums)
-                    self._calls += len(pending)
-                    self._oldest = self._oldest or time.monotonic()
-                raise
-            return len(pending)
+            written = 0
+            for index, (flush_id, pending) in enumerate(batches):
+                try:
+                    with transaction.atomic():
+                        usage_batch_write(flush_id=flush_id, pending=pending)
+                except Exception:
+                    left = batches[index:]
+                    logger.exception(
+                        "Writing LLM usage failed; keeping %d sums for the next flush",
+                        sum(len(batch) for _, batch in left),
+                    )
+                    with self._lock:
+                        self._unwritten = left + self._unwritten
+                        self._calls += sum(len(batch) for _, batch in left)
+                        self._oldest = self._oldest or time.monotonic()
+                    raise
+                written += len(pending)
+            return written
 
     def discard(self) -> None:
         with self._lock:
             self._pending.clear()
+            self._unwritten.clear()
             self._calls = 0
             self._oldest = None
+
+
+def usage_batch_write(*, flush_id: str, pending: dict[Key, Sums]) -> bool:
+    """One flush's sums: the billing ledger's rows, then these roll-ups, in the caller's
+    transaction. Written again with the same flush id (a retry), it writes nothing when
+    the ledger has its rows already. True if it wrote the roll-ups."""
+    lines = ledger_lines(flush_id=flush_id, pending=pending)
+    if lines and not usage_record_many(lines):
+        return False  # this batch was committed before (its ledger rows are there)
+    _upsert(UsageHourly._meta.db_table, "hour", pending, daily=False)
+    _upsert(UsageDaily._meta.db_table, "day", pending, daily=True)
+    return True
+
+
+def _source(user_id: int, api_key_id: int, run_id: str) -> tuple[str, str]:
+    """Whom the ledger charges a call to: its agent run, else its API key, else its user."""
+    if run_id:
+        return "agent_run", run_id
+    if api_key_id:
+        return "api_key", str(api_key_id)
+    if user_id:
+        return "user", str(user_id)
+    return "system", ""
+
+
+def ledger_lines(*, flush_id: str, pending: dict[Key, Sums]) -> list[UsageLine]:
+    """The billing ledger's rows for one flush: per (organization, hour, model, source,
+    user) the uncached input, cached input and output tokens, each at the catalogue's
+    price. The input row carries what the call cost beyond the other two (the gateway's
+    cost_usd, which includes e.g. Anthropic's premium on prompt-cache writes), so the
+    ledger's LLM total equals what the gateway metered and budgets counted."""
+    grouped: dict[tuple[int, datetime, str, str, str, int], Sums] = {}
+    for (organization_id, hour, model, _provider, user_id, api_key_id, run_id), sums in pending.items():
+        if not (sums.input_tokens or sums.output_tokens or sums.cached_tokens or sums.cost_usd):
+            continue
+        source_type, source_id = _source(user_id, api_key_id, run_id)
+        key = (organization_id, hour, model, source_type, source_id, user_id)
+        if key in grouped:
+            grouped[key].add(sums)
+        else:
+            grouped[key] = Sums()
+            grouped[key].add(sums)
+    if not grouped:
+        return []
+    prices = llm_unit_prices({key[2] for key in grouped})
+    lines: list[UsageLine] = []
+    for (organization_id, hour, model, source_type, source_id, user_id), sums in grouped.items():
+        price = prices.get(model, {})
+        zero = Decimal(0)
+        cached_price = price.get("llm_cached_tokens", zero)
+        output_price = price.get("llm_output_tokens", zero)
+        uncached = max(sums.input_tokens - sums.cached_tokens, 0)
+        cached_amount = sums.cached_tokens * cached_price
+        output_amount = sums.output_tokens * output_price
+        input_amount = max(sums.cost_usd - cached_amount - output_amount, zero)
+        quantities = {
+            "llm_input_tokens": (uncached, price.get("llm_input_tokens", zero), input_amount),
+            "llm_cached_tokens": (sums.cached_tokens, cached_price, cached_amount),
+            "llm_output_tokens": (sums.output_tokens, output_price, output_amount),
+        }
+        for kind, (quantity, unit_price, amount) in quantities.items():
+            if not quantity:
+                continue
+            lines.append(
+                UsageLine(
+                    organization_id=organization_id,
+                    kind=kind,
+                    quantity=Decimal(quantity),
+                    unit_price=unit_price,
+                    amount=amount,
+                    model=model,
+                    source_type=source_type,
+                    source_id=source_id,
+                    user_id=user_id or None,
+                    occurred_at=hour,
+                    idempotency_key=idempotency_key(
+                        f"llm:{flush_id}",
+                        organization_id,
+                        hour.isoformat(),
+                        model,
+                        source_type,
+                        source_id,
+                        user_id,
+                        kind,
+                    ),
+                )
+            )
+    return lines
 
 
 def _upsert(table: str, time_column: str, pending: dict[Key, Sums], *, daily: bool) -> None:

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from apps.billing.ledger import sandbox_usage_record
 from apps.core.errors import Conflict, Invalid, NotFound, ServiceError
 from apps.tenancy.audit import Actor, audit_record
 from apps.tenancy.models import Organization
@@ -99,6 +100,23 @@ def _running_quota_check(*, exclude_pk: int | None = None) -> None:
             f"This organization already runs {running} workspaces, its limit ({limit}); stop one first.",
             code="running_quota_exceeded",
         )
+
+
+def _sandbox_usage(organization: Organization | None, workspace: Workspace, until: datetime) -> None:
+    """The sandbox stopped at `until`: its seconds since it started (or since the periodic
+    accounting last counted it) go to the ledger, in the transaction of the stop."""
+    if organization is None:
+        logger.warning(
+            "Sandbox seconds of workspace %s not recorded: no organization for %s", workspace.pk, tenant()
+        )
+        return
+    sandbox_usage_record(
+        organization_id=organization.pk,
+        workspace_id=workspace.pk,
+        started_at=workspace.started_at,
+        until=until,
+        user_id=workspace.created_by_id,
+    )
 
 
 def _conflict_unless_alive(workspace: Workspace) -> None:
@@ -247,6 +265,7 @@ def workspace_stop(
         runtime_client().stop_sandbox(tenant(), workspace.sandbox_id)
     workspace.state, workspace.stopped_at = State.STOPPED, timezone.now()
     workspace.save(update_fields=["state", "stopped_at", "updated_at"])
+    _sandbox_usage(organization, workspace, workspace.stopped_at)
     audit_record(
         actor=actor,
         organization=organization,
@@ -273,6 +292,8 @@ def workspace_archive(*, actor: Actor, organization: Organization, workspace: Wo
         workspace.stopped_at = timezone.now()
     workspace.state, workspace.archived_at = State.ARCHIVED, timezone.now()
     workspace.save(update_fields=["state", "stopped_at", "archived_at", "updated_at"])
+    if before == State.RUNNING and workspace.stopped_at is not None:
+        _sandbox_usage(organization, workspace, workspace.stopped_at)
     audit_record(
         actor=actor,
         organization=organization,
@@ -295,6 +316,8 @@ def workspace_destroy(*, actor: Actor, organization: Organization, workspace: Wo
         runtime_client().destroy_sandbox(tenant(), workspace.sandbox_id)
     workspace.state, workspace.deleted_at = State.DELETED, timezone.now()
     workspace.save(update_fields=["state", "deleted_at", "updated_at"])
+    if before == State.RUNNING:
+        _sandbox_usage(organization, workspace, workspace.deleted_at)
     audit_record(
         actor=actor,
         organization=organization,
@@ -349,9 +372,12 @@ def workspace_reconcile(
             return False
         locked.state, locked.stopped_at = State.STOPPED, now
         locked.save(update_fields=["state", "stopped_at", "updated_at"])
+        organization = organization or _current_organization()
+        # When the sandbox really stopped is not known: it is counted until now, when we found out.
+        _sandbox_usage(organization, locked, now)
         audit_record(
             actor=Actor.system(),
-            organization=organization or _current_organization(),
+            organization=organization,
             action="workspace.stopped",
             target=locked,
             before={"state": State.RUNNING},
