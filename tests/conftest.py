@@ -233,3 +233,18 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> A
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting after {timeout} s")
         time.sleep(interval)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """When tests failed, the runtime's own errors of this session are printed too: a test
+    that got "internal error in the runtime; see its log" is explained where CI shows it."""
+    if exitstatus == 0 or not ARTIFACTS.is_dir():
+        return
+    for log in sorted(ARTIFACTS.glob("runtime*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        starts = [i for i, line in enumerate(lines) if line.startswith(("ERROR ", "CRITICAL "))]
+        if not starts:
+            continue
+        terminalreporter.section(f"{log.name}: the last of {len(starts)} errors")
+        for line in lines[starts[-1] : starts[-1] + 60]:
+            terminalreporter.write_line(line)
