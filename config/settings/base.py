@@ -520,4 +520,7 @@ CELERY_BEAT_SCHEDULE["billing-storage-measure"] = {
 # --- Plans and quotas (apps/billing/plans.py, features.py, quotas.py) -----------
 # The plan an organization's billing account starts on (a Plan key).
 BILLING_DEFAULT_PLAN = env_str("BILLING_DEFAULT_PLAN", "free")
+# How long a process reuses an organization's written token usage, plan and budgets
+# before an LLM call (its own unwritten usage always counts at once).
+BILLING_QUOTA_CACHE_SECONDS = env_int("BILLING_QUOTA_CACHE_SECONDS", 5)
 # --- end of plans and quotas ------------------------------------------------------
