@@ -524,3 +524,29 @@ BILLING_DEFAULT_PLAN = env_str("BILLING_DEFAULT_PLAN", "free")
 # before an LLM call (its own unwritten usage always counts at once).
 BILLING_QUOTA_CACHE_SECONDS = env_int("BILLING_QUOTA_CACHE_SECONDS", 5)
 # --- end of plans and quotas ------------------------------------------------------
+
+# --- Stripe (apps/billing/stripe_adapter.py, webhooks.py, reporting.py) ---------
+# Test-mode keys from the Stripe dashboard (README, "Connecting Stripe"). Without a key the
+# billing pages say payments are not set up; nothing calls Stripe. STRIPE_API_BASE is for
+# tests (a loopback fake); production leaves it empty and talks to Stripe itself.
+STRIPE_API_KEY = env_str("STRIPE_API_KEY", "")
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")
+# How old a webhook's signature may be (the SDK's default, 300 s): older is refused (replays).
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
+# One call's timeout; the SDK's own retries stay off (reporting retries with its own backoff).
+STRIPE_TIMEOUT_SECONDS = env_int("STRIPE_TIMEOUT_SECONDS", 20)
+# Usage reporting to Billing Meters: each usage kind's meter event_name is this prefix plus
+# the kind (agentyard_llm_input_tokens, ...). Every STRIPE_USAGE_REPORT_SECONDS the beat
+# task turns finished hours of the ledger into reports and sends up to BATCH_SIZE of those
+# due; a failed one waits RETRY_BASE_SECONDS doubled per attempt, at most RETRY_CAP_SECONDS.
+STRIPE_METER_EVENT_PREFIX = env_str("STRIPE_METER_EVENT_PREFIX", "agentyard_")
+STRIPE_USAGE_REPORT_SECONDS = env_int("STRIPE_USAGE_REPORT_SECONDS", 300)
+STRIPE_USAGE_BATCH_SIZE = env_int("STRIPE_USAGE_BATCH_SIZE", 500)
+STRIPE_USAGE_RETRY_BASE_SECONDS = env_int("STRIPE_USAGE_RETRY_BASE_SECONDS", 60)
+STRIPE_USAGE_RETRY_CAP_SECONDS = env_int("STRIPE_USAGE_RETRY_CAP_SECONDS", 3600)
+CELERY_BEAT_SCHEDULE["billing-stripe-usage-report"] = {
+    "task": "billing.stripe_usage_report",
+    "schedule": float(STRIPE_USAGE_REPORT_SECONDS),
+}
+# --- end of Stripe --------------------------------------------------------------
