@@ -19,8 +19,8 @@ unless the caller gives the amount):
   llm_cached_tokens, llm_output_tokens): the model catalogue's prices (LlmModel, per
   million tokens); a model not in the catalogue costs 0.
 - sandbox_seconds and storage_gb_hours: the organization's plan's unit_prices (its
-  BillingAccount's plan, else the free plan, the default), each kind missing there taken
-  from BILLING_DEFAULT_UNIT_PRICES. These are list prices: what a plan includes each
+  BillingAccount's plan, else BILLING_DEFAULT_PLAN's, the one it will start on), each
+  kind missing there taken from BILLING_DEFAULT_UNIT_PRICES. These are list prices: what a plan includes each
   month is applied when usage is invoiced (Stripe reporting), not here, so the ledger
   says what everything used was worth.
 
@@ -82,8 +82,6 @@ AMOUNT_PLACES = Decimal("0.00000001")
 MILLION = Decimal(1_000_000)
 # Rows per INSERT: 13 parameters each stays well under PostgreSQL's 65,535.
 STATEMENT_ROWS = 2000
-# The plan an organization without a BillingAccount is on.
-DEFAULT_PLAN_KEY = "free"
 
 
 @dataclass(frozen=True)
@@ -204,9 +202,13 @@ def plan_unit_prices(organization_ids: Iterable[int]) -> dict[int, dict[str, Dec
         )
     )
     if ids - plans.keys():
-        free = Plan.objects.filter(key=DEFAULT_PLAN_KEY).values_list("unit_prices", flat=True).first()
+        default = (
+            Plan.objects.filter(key=settings.BILLING_DEFAULT_PLAN)
+            .values_list("unit_prices", flat=True)
+            .first()
+        )
         for organization_id in ids - plans.keys():
-            plans[organization_id] = free or {}
+            plans[organization_id] = default or {}
     defaults = default_unit_prices()
     result: dict[int, dict[str, Decimal]] = {}
     for organization_id in ids:
