@@ -12,6 +12,7 @@ from social_django.models import UserSocialAuth
 
 from apps.accounts.models import User, normalize_email
 from apps.accounts.outbound import outbound_url_problem
+from apps.billing.features import feature_check
 from apps.core.errors import Conflict, Invalid, NotFound
 from apps.tenancy.audit import Actor, audit_record, summarize
 from apps.tenancy.models import Membership, Organization, OrganizationSSO
@@ -68,6 +69,8 @@ def sso_settings_save(
     enabled: bool,
 ) -> OrganizationSSO:
     """Create or change the organization's provider; an empty secret keeps the stored one."""
+    # Also checked here, not only on the page: every path that turns SSO on needs the plan.
+    feature_check(organization=organization, key="sso")
     sso = OrganizationSSO.objects.select_for_update().filter(organization=organization).first()
     before = summarize(sso, SSO_FIELDS) if sso else None
     if sso is None:

@@ -36,6 +36,7 @@ from apps.accounts.sso_backends import (
     platform_providers,
 )
 from apps.accounts.sso_forms import SSOSettingsForm
+from apps.billing.features import feature_required
 from apps.core.errors import ServiceError
 from apps.tenancy.audit import Actor
 from apps.tenancy.hosts import is_safe_redirect, organization_url, public_url
@@ -260,6 +261,7 @@ def _forbidden(request: HttpRequest, action_key: str) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
+@feature_required("sso")
 def sso_settings(request: HttpRequest) -> HttpResponse:
     membership: Membership | None = getattr(request, "membership", None)
     organization: Organization = request.tenant  # type: ignore[attr-defined]

@@ -8,10 +8,17 @@ Limits: a missing key or None means unlimited.
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+
 from apps.billing.features import FEATURES
+from apps.billing.models import BillingAccount, Plan, default_alert_thresholds
+from apps.tenancy.models import Organization
 
 BASIC_FEATURES = ["core_environment", "git", "terminal", "ai_assistance"]
 BUILDER_FEATURES = [*BASIC_FEATURES, "code_analysis", "testing_tools", "knowledge"]
@@ -148,3 +155,48 @@ def plan_catalogue_sync(plan_model: Any) -> None:
         defaults = dict(entry)
         key = defaults.pop("key")
         plan_model.objects.get_or_create(key=key, defaults=defaults)
+
+
+# --- an organization's account and plan -------------------------------------------
+
+
+def default_plan() -> Plan:
+    """The plan a new organization starts on (settings.BILLING_DEFAULT_PLAN)."""
+    key = str(settings.BILLING_DEFAULT_PLAN)
+    try:
+        return Plan.objects.get(key=key)
+    except Plan.DoesNotExist:
+        raise ImproperlyConfigured(
+            f"BILLING_DEFAULT_PLAN is {key!r}, but there is no such plan; create it or pick another."
+        ) from None
+
+
+def billing_account_for(organization: Organization, *, lock: bool = False) -> BillingAccount:
+    """The organization's account with its plan, made on first use on the default plan.
+
+    With `lock` the row is locked FOR UPDATE until the transaction ends: quota checks
+    lock it before they count, so two requests cannot both take the last slot."""
+    accounts = BillingAccount.objects.select_related("plan")
+    if lock:
+        accounts = accounts.select_for_update(of=("self",))
+    try:
+        return accounts.get(organization=organization)
+    except BillingAccount.DoesNotExist:
+        pass
+    # Two first uses at once: one insert wins, the other finds its row.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {BillingAccount._meta.db_table}"  # noqa: S608 (the model's table)
+            " (organization_id, plan_id, status, stripe_customer_id, stripe_subscription_id,"
+            " subscription_version, cancel_at_period_end, limit_overrides, feature_overrides,"
+            " alert_thresholds, updated_at)"
+            " VALUES (%s, %s, %s, '', '', 0, false, '{}', '{}', %s, now())"
+            " ON CONFLICT (organization_id) DO NOTHING",
+            [
+                organization.pk,
+                default_plan().pk,
+                BillingAccount.Status.ACTIVE,
+                json.dumps(default_alert_thresholds()),
+            ],
+        )
+    return accounts.get(organization=organization)

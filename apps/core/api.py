@@ -61,7 +61,9 @@ def handle_exception(exc: Exception, context: dict[str, Any]) -> Response | None
     """DRF's handler, with every error in one body: {"error": {"code", "message", "fields"}}."""
     if isinstance(exc, ServiceError):
         fields = {exc.field: [exc.message]} if exc.field else {}
-        return Response(error_body(exc.code, exc.message, fields), status=exc.status)
+        # Some errors carry more for clients (billing's feature and quota refusals).
+        extra: dict[str, Any] = getattr(exc, "extra_body", None) or {}
+        return Response({**error_body(exc.code, exc.message, fields), **extra}, status=exc.status)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.billing.features import feature_required
 from apps.core.openapi import ApiError
 from apps.knowledge import selectors, services
 from apps.knowledge.models import KnowledgePolicy, KnowledgeSource
@@ -75,6 +76,7 @@ class SearchOut(serializers.Serializer[Any]):
     results = HitOut(many=True)
 
 
+@feature_required("knowledge")
 class KnowledgeSearch(APIView):
     actions = {"GET": "knowledge.view"}
 
@@ -155,6 +157,7 @@ class SourceFilter(filters.FilterSet):
         fields = ["kind", "status"]
 
 
+@feature_required("knowledge")
 class SourceList(generics.ListAPIView[KnowledgeSource]):
     actions = {"GET": "knowledge.view"}
     serializer_class = SourceOut
@@ -168,6 +171,7 @@ class SourceList(generics.ListAPIView[KnowledgeSource]):
         return super().get(request, *args, **kwargs)
 
 
+@feature_required("knowledge")
 class SourceDetail(APIView):
     actions = {"GET": "knowledge.view", "DELETE": "knowledge.manage"}
 
@@ -262,6 +266,7 @@ class PolicyOut(serializers.ModelSerializer[KnowledgePolicy]):
         ]
 
 
+@feature_required("knowledge")
 class PolicyView(APIView):
     actions = {"GET": "knowledge.view", "PUT": "knowledge.manage"}
 

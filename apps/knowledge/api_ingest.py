@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.billing.features import feature_required
 from apps.core.errors import Invalid, NotFound
 from apps.core.openapi import ApiError
 from apps.knowledge import api, documents, ingest, selectors
@@ -133,6 +134,7 @@ class SourceCollection(api.SourceList):
         return Response(api.SourceOut(source).data, status=202)
 
 
+@feature_required("knowledge")
 class SourceReindex(APIView):
     actions = {"POST": "knowledge.manage"}
 

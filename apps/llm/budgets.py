@@ -44,6 +44,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from apps.billing.quotas import token_quota_check
 from apps.llm import selectors
 from apps.llm.errors import BudgetExceeded
 from apps.llm.metering import Meter
@@ -348,7 +349,12 @@ async def budgets_reserve(
     *, config: OrganizationConfig, context: CallContext, estimate_usd: float, meter: Meter
 ) -> BudgetHold:
     """Hold the call's least cost on every budget that applies, or raise BudgetExceeded.
-    The caller settles or releases the hold when the call ends."""
+    The caller settles or releases the hold when the call ends.
+
+    First the plan's monthly token quota (apps/billing/quotas.py): decided from this
+    process's cached reading on the event loop, the database only when that is stale."""
+    if not token_quota_check(organization_id=context.organization_id, meter=meter, cached_only=True):
+        await sync_to_async(token_quota_check)(organization_id=context.organization_id, meter=meter)
     budgets = applicable(config, context)
     if not budgets:
         return NO_HOLD  # the usual case: no Redis, no database

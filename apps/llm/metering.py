@@ -161,6 +161,18 @@ class Meter:
                 total += sums.cost_usd
         return float(total)
 
+    def pending_tokens(self, *, organization_id: int) -> int:
+        """Tokens (input and output) recorded here and not yet written: the monthly token
+        quota (apps/billing/quotas.py) adds them to the written roll-ups."""
+        with self._lock:
+            batches = [self._pending, *(batch for _, batch in self._unwritten)]
+            return sum(
+                sums.input_tokens + sums.output_tokens
+                for batch in batches
+                for key, sums in batch.items()
+                if key[0] == organization_id
+            )
+
     def flush(self) -> int:
         """Write the pending sums (after any batch whose write failed before, under its own
         flush id); the number of roll-up keys written."""

@@ -21,6 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.billing.features import feature_required
 from apps.core.errors import NotFound, Stale
 from apps.tenancy import identity
 from apps.tenancy.audit import Actor
@@ -525,6 +526,7 @@ class AuditEventExport(generics.GenericAPIView[AuditEvent]):
         responses={(200, "text/csv"): OpenApiResponse(response=OpenApiTypes.STR, description="CSV")},
         operation_id="audit_events_export",
     )
+    @feature_required("audit_export")
     def get(self, request: Request) -> StreamingHttpResponse:
         events = self.filter_queryset(self.get_queryset())
         response = StreamingHttpResponse(audit_csv_rows(events), content_type="text/csv")

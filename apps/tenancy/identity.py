@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.accounts.models import User, normalize_email
+from apps.billing.quotas import members_count, quota_check, quota_lock
 from apps.core.errors import Conflict, Forbidden, Gone, Invalid, NotFound, Stale
 from apps.tenancy.api_keys import key_forget, key_generate, key_hash
 from apps.tenancy.audit import Actor, audit_record, summarize
@@ -261,9 +262,16 @@ def invitation_accept(*, actor: Actor, token: str) -> Membership:
         if existing is None:
             raise Gone("This invitation was already used.", code="invitation_accepted")
         return existing
-    membership, _ = Membership.objects.get_or_create(
-        user=user, organization=invitation.organization, defaults={"role": invitation.role}
-    )
+    organization = invitation.organization
+    membership = Membership.objects.filter(user=user, organization=organization).first()
+    if membership is None:
+        # The plan's member limit, counted under the billing account's lock so two
+        # acceptances cannot both take the last seat.
+        account = quota_lock(organization)
+        quota_check(
+            account=account, organization=organization, limit="members", used=members_count(organization)
+        )
+        membership = Membership.objects.create(user=user, organization=organization, role=invitation.role)
     if invitation.accepted_at is None:
         invitation.accepted_at = timezone.now()
         invitation.accepted_by = user

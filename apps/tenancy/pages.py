@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from apps.accounts.email_confirmation import email_confirmation_send
 from apps.accounts.handoff import handoff_url
 from apps.accounts.models import User, normalize_email
+from apps.billing.features import feature_required
 from apps.core.errors import ServiceError
 from apps.tenancy import identity
 from apps.tenancy.api import AuditEventFilter, audit_csv_rows, audit_events_for
@@ -321,6 +322,7 @@ def audit_page(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @require_action("audit.view")
+@feature_required("audit_export")
 def audit_export(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     form = AuditFilterForm(request.GET)
     if not form.is_valid():

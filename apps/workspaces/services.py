@@ -10,10 +10,13 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from apps.billing.ledger import sandbox_usage_record
+from apps.billing.models import BillingAccount
+from apps.billing.quotas import platform_cap_then_plan, quota_check, quota_lock, sandbox_hours_used
 from apps.core.errors import Conflict, Invalid, NotFound, ServiceError
 from apps.tenancy.audit import Actor, audit_record
 from apps.tenancy.models import Organization
@@ -42,15 +45,13 @@ logger = logging.getLogger(__name__)
 
 State = Workspace.State
 MIB = 1024 * 1024
-# pg_advisory_xact_lock(namespace, organization id): quota checks of one organization
-# run one at a time, so two requests cannot both take its last slot.
-QUOTA_LOCK_NAMESPACE = 0x5753  # "WS"
 MAX_EXEC_TIMEOUT = 3600.0
 
 
-def _quota_lock(organization: Organization) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [QUOTA_LOCK_NAMESPACE, organization.pk])
+def _quota_lock(organization: Organization) -> BillingAccount:
+    """Quota checks of one organization run one at a time (its billing account row is
+    locked until the transaction ends), so two requests cannot both take its last slot."""
+    return quota_lock(organization)
 
 
 def _user_id(actor: Actor) -> int | None:
@@ -89,17 +90,36 @@ def _sandbox_destroy_quietly(workspace: Workspace) -> None:
         logger.exception("Could not destroy sandbox %s of %s after a failure", workspace.sandbox_id, tenant())
 
 
-def _running_quota_check(*, exclude_pk: int | None = None) -> None:
+def _running_quota_check(
+    *, account: BillingAccount, organization: Organization, exclude_pk: int | None = None
+) -> None:
+    """Room for one more running sandbox: the plan's concurrent_sandboxes and, above it,
+    WORKSPACES_MAX_RUNNING_PER_ORGANIZATION, the platform's cap; and sandbox hours left
+    this month. Call under _quota_lock."""
     limit = settings.WORKSPACES_MAX_RUNNING_PER_ORGANIZATION
     running_workspaces = Workspace.objects.filter(state=State.RUNNING)
     if exclude_pk is not None:
         running_workspaces = running_workspaces.exclude(pk=exclude_pk)
     running = running_workspaces.count()
-    if running >= limit:
-        raise Conflict(
+    platform_cap_then_plan(
+        account=account,
+        organization=organization,
+        limit="concurrent_sandboxes",
+        used=running,
+        cap=limit,
+        cap_error=Conflict(
             f"This organization already runs {running} workspaces, its limit ({limit}); stop one first.",
             code="running_quota_exceeded",
-        )
+        ),
+        verb="runs",
+    )
+    quota_check(
+        account=account,
+        organization=organization,
+        limit="sandbox_hours",
+        used=sandbox_hours_used(organization),
+        adding=0,
+    )
 
 
 def _sandbox_usage(organization: Organization | None, workspace: Workspace, until: datetime) -> None:
@@ -158,18 +178,33 @@ def workspace_create(
     if len(repo_url) > 500 or any(ord(char) < 32 for char in repo_url):
         raise Invalid("Give a repository URL of at most 500 characters, on one line.", field="repo_url")
 
-    _quota_lock(organization)
+    account = _quota_lock(organization)
     alive = Workspace.objects.exclude(state=State.DELETED)
     limit = settings.WORKSPACES_MAX_PER_ORGANIZATION
-    if alive.count() >= limit:
-        raise Conflict(
+    platform_cap_then_plan(
+        account=account,
+        organization=organization,
+        limit="workspaces",
+        used=alive.count(),
+        cap=limit,
+        cap_error=Conflict(
             f"This organization has {limit} workspaces, its limit; destroy one first.",
             code="workspace_quota_exceeded",
-        )
+        ),
+    )
     if alive.filter(name=name).exists():
         raise Conflict("A workspace with this name exists; choose another.", code="name_taken", field="name")
+    allocated_mb = alive.aggregate(total=Sum("disk_mb"))["total"] or 0
+    quota_check(
+        account=account,
+        organization=organization,
+        limit="storage_gb",
+        used=allocated_mb / 1024,
+        adding=disk_mb / 1024,
+        verb="has allocated",
+    )
     if start and provision:
-        _running_quota_check()
+        _running_quota_check(account=account, organization=organization)
     workspace = Workspace.objects.create(
         name=name,
         repo_url=repo_url,
@@ -223,11 +258,12 @@ def _locked(workspace: Workspace) -> Workspace:
 def workspace_start(*, actor: Actor, organization: Organization, workspace: Workspace) -> Workspace:
     """Start it (making its sandbox first if the runtime has none), within the
     organization's limit of running workspaces."""
-    _quota_lock(organization)
+    account = _quota_lock(organization)
     workspace = _locked(workspace)
     _conflict_unless_alive(workspace)
     before = workspace.state
-    _running_quota_check(exclude_pk=workspace.pk)
+    if before != State.RUNNING:
+        _running_quota_check(account=account, organization=organization, exclude_pk=workspace.pk)
     client = runtime_client()
     with runtime_errors():
         try:
