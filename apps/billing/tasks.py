@@ -20,3 +20,7 @@ def storage_measure_task() -> dict[str, str]:
     """Each organization's storage as GB-hours since its last measurement."""
     written: dict[str, Decimal] = storage_measure()
     return {slug: str(quantity) for slug, quantity in written.items()}
+
+
+# Stripe: webhook processing and usage reporting (tasks_stripe.py).
+from apps.billing import tasks_stripe  # noqa: E402, F401

@@ -125,7 +125,8 @@ def decode_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
                 node[name] = value
             else:
                 node = node.setdefault(name, {})
-    return _listify(root)
+    decoded: dict[str, Any] = _listify(root)
+    return decoded
 
 
 def _listify(value: Any) -> Any:
@@ -212,7 +213,7 @@ class FakeStripe:
         return self.origin
 
     @property
-    def base_addresses(self) -> dict[str, str]:
+    def base_addresses(self) -> Any:  # the SDK's BaseAddresses (a TypedDict)
         """For `stripe.StripeClient(key, base_addresses=...)`: every Stripe host is this fake."""
         return {"api": self.origin, "connect": self.origin, "files": self.origin, "meter_events": self.origin}
 
@@ -1023,7 +1024,7 @@ class FakeStripe:
         line_items = params.get("line_items") or []
         if mode != "setup" and not line_items:
             raise StripeError(400, "Missing required param: line_items.", param="line_items")
-        stored_items = []
+        stored_items: list[dict[str, Any]] = []
         for index, item in enumerate(line_items):
             if not isinstance(item, dict) or not item.get("price"):
                 raise StripeError(400, "Missing required param: price.", param=f"line_items[{index}][price]")
