@@ -351,17 +351,9 @@ def token_quota_check(*, organization_id: int, meter: Any, cached_only: bool = F
             return True
     info = LIMITS["monthly_tokens"]
     due: list[tuple[str, float, float]] = []
+    used = 0
     if state.allowed is not None:
         used = state.written + int(meter.pending_tokens(organization_id=organization_id))
-        if used >= state.allowed:
-            raise QuotaExceeded(
-                f"The {state.plan_name} plan allows {_count(info, state.allowed)};"
-                f" {state.organization.name} has used {_number(used)} this month. {info.remedy}",
-                limit="monthly_tokens",
-                plan=state.plan_key,
-                allowed=state.allowed,
-                used=used,
-            )
         due.append(("monthly_tokens", used, state.allowed))
     if state.budgets:
         pending_cost = float(meter.pending_cost(organization_id=organization_id))
@@ -369,21 +361,30 @@ def token_quota_check(*, organization_id: int, meter: Any, cached_only: bool = F
             (f"budget:{budget_id}", spent + pending_cost, limit) for budget_id, limit, spent in state.budgets
         ]
     due = [item for item in due if _alert_due(state, *item)]
-    if not due:
-        return True
-    if cached_only:
-        return False
-    with transaction.atomic():
-        for limit, used_now, allowed in due:
-            quota_alerts_record(
-                organization=state.organization,
-                account=None,
-                limit=limit,
-                used=used_now,
-                allowed=allowed,
-                thresholds=state.thresholds,
-                plan_name=state.plan_name,
-            )
+    if due:
+        if cached_only:
+            return False
+        # Recorded (and committed) even when the call is refused below: the 100 % alert.
+        with transaction.atomic():
+            for limit, used_now, allowed in due:
+                quota_alerts_record(
+                    organization=state.organization,
+                    account=None,
+                    limit=limit,
+                    used=used_now,
+                    allowed=allowed,
+                    thresholds=state.thresholds,
+                    plan_name=state.plan_name,
+                )
+    if state.allowed is not None and used >= state.allowed:
+        raise QuotaExceeded(
+            f"The {state.plan_name} plan allows {_count(info, state.allowed)};"
+            f" {state.organization.name} has used {_number(used)} this month. {info.remedy}",
+            limit="monthly_tokens",
+            plan=state.plan_key,
+            allowed=state.allowed,
+            used=used,
+        )
     return True
 
 
@@ -402,9 +403,13 @@ def _alert_due(state: _TokenState, limit: str, used: float, allowed: float) -> b
 # --- alerts ---------------------------------------------------------------------
 
 
+def _money(usd: float) -> str:
+    return f"{usd:,.2f}" if usd >= 1 else f"{usd:.4g}"
+
+
 def _limit_words(limit: str, allowed: float) -> str:
     if limit.startswith("budget:"):
-        return f"its monthly LLM budget of {_number(allowed)} USD"
+        return f"its monthly LLM budget of {_money(allowed)} USD"
     return f"its limit of {_count(LIMITS[limit], allowed)}"
 
 
@@ -468,8 +473,9 @@ def _alert_send(
     else:
         title = f"{organization.name} has used {threshold}% of {what}"
     plan = f" on the {plan_name} plan" if plan_name else ""
+    shown = _money if limit.startswith("budget:") else _number
     body = (
-        f"Now at {_number(used)} of {_number(allowed)}{plan}. "
+        f"Now at {shown(used)} of {shown(allowed)}{plan}. "
         + ("Further use is refused until the limit is raised or the period ends." if threshold >= 100 else "")
     ).strip()
     level = Notice.Level.WARNING if threshold >= 80 else Notice.Level.INFO
