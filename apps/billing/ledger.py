@@ -80,8 +80,8 @@ QUANTITY_PLACES = Decimal("0.000001")
 PRICE_PLACES = Decimal("0.0000000001")
 AMOUNT_PLACES = Decimal("0.00000001")
 MILLION = Decimal(1_000_000)
-# Rows per INSERT: 13 parameters each stays well under PostgreSQL's 65,535.
-STATEMENT_ROWS = 2000
+# Rows per statement: bounds the arrays' size in memory.
+STATEMENT_ROWS = 5000
 
 
 @dataclass(frozen=True)
@@ -309,27 +309,30 @@ def usage_record(
     return usage_record_many([line]) == 1
 
 
+# (column, PostgreSQL array type): the rows go as one array per column through unnest(),
+# so the statement has 13 parameters whatever the number of rows. A VALUES list of
+# 13 placeholders per row made psycopg parse a new 100 kB query for every batch.
 RECORD_COLUMNS = (
-    "organization_id",
-    "kind",
-    "quantity",
-    "unit",
-    "unit_price",
-    "amount",
-    "model",
-    "source_type",
-    "source_id",
-    "user_id",
-    "idempotency_key",
-    "occurred_at",
-    "created_at",
+    ("organization_id", "bigint[]"),
+    ("kind", "varchar[]"),
+    ("quantity", "numeric[]"),
+    ("unit", "varchar[]"),
+    ("unit_price", "numeric[]"),
+    ("amount", "numeric[]"),
+    ("model", "varchar[]"),
+    ("source_type", "varchar[]"),
+    ("source_id", "varchar[]"),
+    ("user_id", "bigint[]"),
+    ("idempotency_key", "varchar[]"),
+    ("occurred_at", "timestamptz[]"),
+    ("created_at", "timestamptz[]"),
 )
 ROLLUP_KEY = "organization_id, {time}, kind, model, source_type, source_id"
 
 
 def _rollup_sql(table: str, time_column: str, time_expression: str, name: str) -> str:
     key = ROLLUP_KEY.format(time=time_column)
-    # ORDER BY: concurrent flushes lock the roll-up rows in one order, so they cannot deadlock.
+    # ORDER BY: concurrent writers lock the roll-up rows in one order, so they cannot deadlock.
     return (
         f"{name} AS (INSERT INTO {table} ({key}, quantity, amount) "  # noqa: S608 (our own names)
         f"SELECT organization_id, {time_expression}, kind, model, source_type, source_id, "
@@ -339,21 +342,24 @@ def _rollup_sql(table: str, time_column: str, time_expression: str, name: str) -
     )
 
 
-def _insert(rows: list[tuple[Any, ...]]) -> int:
-    record_table = UsageRecord._meta.db_table
-    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(RECORD_COLUMNS)) + ")"] * len(rows))
-    sql = (
-        f"WITH inserted AS (INSERT INTO {record_table} ({', '.join(RECORD_COLUMNS)}) "  # noqa: S608
-        f"VALUES {placeholders} ON CONFLICT (idempotency_key) DO NOTHING "
+def _insert_sql() -> str:
+    columns = ", ".join(name for name, _ in RECORD_COLUMNS)
+    arrays = ", ".join(f"%s::{array_type}" for _, array_type in RECORD_COLUMNS)
+    return (
+        f"WITH inserted AS (INSERT INTO {UsageRecord._meta.db_table} ({columns}) "  # noqa: S608 (our own names)
+        f"SELECT * FROM unnest({arrays}) ON CONFLICT (idempotency_key) DO NOTHING "
         "RETURNING organization_id, kind, model, source_type, source_id, quantity, amount, occurred_at), "
         + _rollup_sql(UsageHourly._meta.db_table, "hour", "date_trunc('hour', occurred_at, 'UTC')", "hourly")
         + ", "
         + _rollup_sql(UsageDaily._meta.db_table, "day", "(occurred_at AT TIME ZONE 'UTC')::date", "daily")
         + " SELECT count(*) FROM inserted"
     )
-    values = [value for row in rows for value in row]
+
+
+def _insert(rows: list[tuple[Any, ...]]) -> int:
+    columns = [list(column) for column in zip(*rows, strict=True)]
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
+        cursor.execute(_insert_sql(), columns)
         (written,) = cursor.fetchone()
     return int(written)
 

@@ -310,31 +310,38 @@ def _upsert(table: str, time_column: str, pending: dict[Key, Sums], *, daily: bo
             copy = Sums()
             copy.add(sums)
             rows[key] = (provider, copy)
+    # One array per column through unnest(): a fixed statement of 15 parameters, which
+    # psycopg does not parse anew for every flush as it did a VALUES list of 15 per row.
+    # Sorted, so concurrent flushes of several processes lock the rows in one order.
     columns = [
-        "organization_id",
-        time_column,
-        "model",
-        "provider",
-        "user_id",
-        "api_key_id",
-        "run_id",
-        *COUNTERS,
-        "cost_usd",
+        ("organization_id", "bigint[]"),
+        (time_column, "date[]" if daily else "timestamptz[]"),
+        ("model", "varchar[]"),
+        ("provider", "varchar[]"),
+        ("user_id", "bigint[]"),
+        ("api_key_id", "bigint[]"),
+        ("run_id", "varchar[]"),
+        *((name, "bigint[]") for name in COUNTERS),
+        ("cost_usd", "numeric[]"),
     ]
-    values: list[Any] = []
-    for (organization_id, when, model, user_id, api_key_id, run_id), (provider, sums) in rows.items():
-        values += [organization_id, when, model, provider, user_id, api_key_id, run_id]
+    arrays: list[list[Any]] = [[] for _ in columns]
+    for key in sorted(rows, key=lambda key: (key[0], str(key[1]), *key[2:])):
+        organization_id, when, model, user_id, api_key_id, run_id = key
+        provider, sums = rows[key]
+        values = [organization_id, when, model, provider, user_id, api_key_id, run_id]
         values += [getattr(sums, name) for name in COUNTERS]
         values.append(sums.cost_usd)
-    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
+        for array, value in zip(arrays, values, strict=True):
+            array.append(value)
     updates = ", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name in [*COUNTERS, "cost_usd"])
     conflict = f"organization_id, {time_column}, model, user_id, api_key_id, run_id"
     sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "  # noqa: S608 (our own names)
+        f"INSERT INTO {table} ({', '.join(name for name, _ in columns)}) "  # noqa: S608 (our own names)
+        f"SELECT * FROM unnest({', '.join(f'%s::{array_type}' for _, array_type in columns)}) "
         f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
+        cursor.execute(sql, arrays)
 
 
 _meter = Meter()
