@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 # The SDK writes a telemetry id under ~/.config and sends request metrics; we want neither.
 stripe.enable_telemetry = False
+# It also logs every request at INFO (a line per meter event); our callers log what matters.
+logging.getLogger("stripe").setLevel(logging.WARNING)
 
 
 class StripeNotConfigured(Unavailable):

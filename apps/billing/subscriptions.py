@@ -239,12 +239,19 @@ def _account_for_customer(customer_id: str, metadata: dict[str, Any]) -> Billing
 
 
 def _plan_for(subscription: dict[str, Any], organization: Organization) -> Plan | None:
-    """The plan whose base price is on the subscription, else the one its metadata names."""
-    price_ids = [str(item["price"]["id"]) for item in subscription["items"]["data"]]
+    """The plan whose base price is on the subscription (its stripe_price_id, else a price
+    whose lookup_key is the plan's key), else the one the subscription's metadata names."""
+    prices = [item["price"] for item in subscription["items"]["data"]]
     plans = Plan.objects.filter(organization__isnull=True) | Plan.objects.filter(organization=organization)
-    by_price = plans.filter(stripe_price_id__in=price_ids).exclude(stripe_price_id="").first()
-    if by_price is not None:
-        return by_price
+    by_price = plans.filter(stripe_price_id__in=[str(price["id"]) for price in prices]).exclude(
+        stripe_price_id=""
+    )
+    by_lookup_key = plans.filter(
+        key__in=[str(price.get("lookup_key")) for price in prices if price.get("lookup_key")]
+    )
+    for found in (by_price.first(), by_lookup_key.first()):
+        if found is not None:
+            return found
     key = str((subscription.get("metadata") or {}).get("plan") or "")
     return plans.filter(key=key).first() if key else None
 
