@@ -4,6 +4,7 @@ from django.urls import path
 
 from apps.agents import urls_api as agents_urls
 from apps.agents import urls_tools as agents_tools_urls
+from apps.billing import api as billing_api
 from apps.knowledge import urls_api as knowledge_urls
 from apps.llm import api as llm_api
 from apps.prompts import urls_api as prompts_urls
@@ -67,6 +68,12 @@ urlpatterns = [
     path("llm/models", llm_api.ModelList.as_view(), name="api-llm-models"),
     path("llm/credentials", llm_api.CredentialList.as_view(), name="api-llm-credentials"),
     path("llm/usage", llm_api.UsageView.as_view(), name="api-llm-usage"),
+    path("billing", billing_api.AccountView.as_view(), name="api-billing"),
+    path("billing/plans", billing_api.PlanList.as_view(), name="api-billing-plans"),
+    path("billing/usage", billing_api.UsageView.as_view(), name="api-billing-usage"),
+    path("billing/invoices", billing_api.InvoiceList.as_view(), name="api-billing-invoices"),
+    path("billing/budget", billing_api.BudgetView.as_view(), name="api-billing-budget"),
+    path("billing/checkout", billing_api.CheckoutView.as_view(), name="api-billing-checkout"),
     *prompts_urls.urlpatterns,
     *knowledge_urls.urlpatterns,
     *agents_urls.urlpatterns,

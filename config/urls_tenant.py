@@ -20,4 +20,5 @@ urlpatterns = [
     path("", include("apps.knowledge.urls_pages")),
     path("", include("apps.agents.urls_pages")),
     path("", include("apps.agents.urls_tools_pages")),
+    path("", include("apps.billing.urls_pages")),
 ]
