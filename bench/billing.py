@@ -5,9 +5,9 @@
 Sections (SECTIONS): each is a function taking the parsed options and returning its
 table as text; the billing engineers each add theirs as a separate function.
 
-- quota-check: concurrent workspace starts racing for an organization's last sandbox
-  slots (quota enforcement under contention): the result must be exactly N started,
-  and the latency of a start's quota decision p50/p99.
+- quota-check (bench/billing_quota.py): 64 concurrent workspace starts racing for an
+  organization's N free sandbox slots: the result must be exactly N started, with the
+  starts' latency p50/p99 and the quota check's alone.
 - usage-recording (bench/billing_usage.py): added latency per metered LLM call p50/p99
   (goal p50 <= 0.2 ms) and ledger rows written per second.
 """
@@ -18,19 +18,16 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import billing_usage
+from bench import billing_quota, billing_usage
 
 
 def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def quota_check(options: argparse.Namespace) -> str:
-    raise NotImplementedError("the quota-check section is being written")
-
-
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
-    "quota-check": quota_check,
+    # Quota enforcement under contention: bench/billing_quota.py.
+    "quota-check": billing_quota.quota_check,
     # The ledger's section lives in bench/billing_usage.py (its own set-up and options).
     "usage-recording": billing_usage.usage_recording,
 }
@@ -43,8 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--section", action="append", choices=sorted(SECTIONS), help="run only this section (repeatable)"
     )
-    parser.add_argument("--starts", type=int, default=64, help="quota-check: concurrent starts")
-    parser.add_argument("--slots", type=int, default=8, help="quota-check: free sandbox slots")
+    billing_quota.add_arguments(parser)
     billing_usage.add_arguments(parser)
     options = parser.parse_args(argv)
     for name in options.section or list(SECTIONS):
