@@ -745,9 +745,8 @@ class FakeStripe:
             status, body = exc.status, exc.body(request_id)
             if exc.should_retry is not None:
                 extra["Stripe-Should-Retry"] = "true" if exc.should_retry else "false"
-            if key and exc.status < 500 and exc.error_type != "idempotency_error":
-                with self.lock:  # Stripe replays 4xx answers too (not its own failures)
-                    self._idempotency[key] = (fingerprint, status, json.dumps(body).encode())
+            # No idempotent result is saved for a refusal: Stripe saves none for a request refused
+            # before it ran (validation), and the fake refuses only that way.
         recorded.status = status
         return status, body, extra
 
