@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from django.test import override_settings
+from django.test import Client, override_settings
 from django.urls import URLPattern, URLResolver
 from django_tenants.utils import schema_context
 from websockets.asyncio.client import connect
@@ -122,3 +122,53 @@ def test_no_websocket_route_accepts_another_organizations_api_key(
         return leaks
 
     assert asyncio.run(attempts()) == []
+
+
+@pytest.mark.django_db
+def test_billing_pages_and_api_show_an_organization_only_its_own_billing(world: World) -> None:
+    """Billing's tables are in the public schema, shared by every organization: each read
+    filters by the organization, or Beta would see Alpha's usage on its own host. Every
+    billing route (read) as Beta's owner and with Beta's admin key, with Alpha's usage,
+    invoice, custom plan and budget in place."""
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from apps.billing.ledger import usage_record
+    from apps.billing.models import Invoice, Plan
+    from apps.llm.models import Budget
+
+    secret = "alphasecret"
+    usage_record(organization_id=world.alpha.pk, kind="llm_input_tokens", quantity=123_456_789,
+                 model=f"{secret}-model", source_type="agent_run", source_id=f"{secret}-run",
+                 user_id=world.alice.pk, unit_price=Decimal("0.001"),
+                 idempotency_key=f"isolation-{secret}")  # fmt: skip
+    Invoice.objects.create(organization=world.alpha, stripe_invoice_id=f"in_{secret}", number=f"{secret}-1",
+                           status="paid", total=Decimal("777.77"), created=timezone.now())  # fmt: skip
+    Plan.objects.create(key=f"{secret}-plan", name=f"{secret} plan", kind="custom", public=False,
+                        organization=world.alpha)  # fmt: skip
+    Budget.objects.create(
+        organization=world.alpha, scope="organization", period="month", limit_usd=Decimal("4321")
+    )
+    routes = [
+        endpoint.route
+        for endpoint in tenant_endpoints(config.urls_tenant)
+        if endpoint.route.startswith(("billing/", "api/v1/billing"))
+    ]
+    assert "billing/" in routes
+    assert "api/v1/billing/usage" in routes
+    visitors = {
+        "owner of beta on beta's host": client_for(world.bob, world.beta),
+        "beta's admin key on the API host": Client(
+            HTTP_HOST=host(None), HTTP_AUTHORIZATION=beta_admin_key(world)
+        ),
+    }
+    seen = []
+    for route in routes:
+        for who, client in visitors.items():
+            response = client.get(f"/{route}")
+            body = response.content.decode()
+            for marker in (secret, "123,456,789", "123456789", "777.77", "4321", "alice@alpha.test"):
+                if marker in body:
+                    seen.append(f"GET /{route} as {who}: {marker} ({response.status_code})")
+    assert seen == []
