@@ -16,6 +16,7 @@ import config.urls_tenant
 import tests.leaky_urls
 from config.routing import websocket_urlpatterns
 from tests.conftest import LiveServer, World, client_for, host
+from tests.fakes.stripe_server import FakeStripe, stripe_fake  # noqa: F401 (a fixture)
 from tests.isolation import Endpoint, beta_admin_key, concrete_path, find_leaks, tenant_endpoints
 from tests.websocket import session_cookie_for, ws_connect
 
@@ -172,3 +173,55 @@ def test_billing_pages_and_api_show_an_organization_only_its_own_billing(world: 
                 if marker in body:
                     seen.append(f"GET /{route} as {who}: {marker} ({response.status_code})")
     assert seen == []
+
+
+@pytest.mark.django_db
+def test_stripe_webhooks_change_only_the_organization_whose_customer_the_event_names(
+    world: World,
+    stripe_fake: FakeStripe,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """The Stripe webhook is public (the bare domain; Stripe's signature instead of a login):
+    no organization's host serves it, and a signed event about Beta's customer leaves Alpha's
+    account as it was."""
+    import time
+
+    from apps.billing.models import StripeEvent
+    from apps.billing.plans import billing_account_for
+    from apps.billing.webhooks import stripe_event_process
+
+    beta_account = billing_account_for(world.beta)
+    beta_account.stripe_customer_id = "cus_isolation_beta"
+    beta_account.save()
+    alpha_before = billing_account_for(world.alpha)
+    now = int(time.time())
+    item = {"id": "si_iso", "price": {"id": "price_iso", "lookup_key": "team"}, "quantity": 1,
+            "current_period_start": now, "current_period_end": now + 86400}  # fmt: skip
+    subscription = {"id": "sub_iso", "object": "subscription", "customer": "cus_isolation_beta",
+                    "status": "active", "cancel_at_period_end": False,
+                    "items": {"object": "list", "data": [item]}, "metadata": {}}  # fmt: skip
+    event = stripe_fake.send_event("customer.subscription.created", subscription, deliver=False)
+    body, headers = stripe_fake.signed(event)
+    signature = headers["Stripe-Signature"]
+    on_alpha = Client(HTTP_HOST=host(world.alpha)).post(
+        "/billing/stripe/webhook/",
+        data=body,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=signature,
+    )
+    assert on_alpha.status_code in {302, 403, 404}
+    assert not StripeEvent.objects.filter(event_id=event["id"]).exists()
+    public = Client(HTTP_HOST=host(None)).post(
+        "/billing/stripe/webhook/",
+        data=body,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=signature,
+    )
+    assert public.status_code == 200
+    stripe_event_process(event_id=event["id"])
+    assert billing_account_for(world.beta).plan.key == "team"
+    alpha_after = billing_account_for(world.alpha)
+    assert (alpha_after.plan_id, alpha_after.stripe_subscription_id, alpha_after.status) == (
+        alpha_before.plan_id,
+        alpha_before.stripe_subscription_id,
+        alpha_before.status,
+    )
