@@ -299,7 +299,7 @@ def _billing_page(
         "plan_fee": money(overview.plan.monthly_fee),
         "plans": [_plan_row(plan, overview.plan) for plan in plans],
         "invoices": [
-            {"invoice": invoice, "total": money(invoice.total), "due": money(invoice.amount_due)}
+            {"invoice": invoice, "total": money(invoice.total), "paid": money(invoice.amount_paid)}
             for invoice in selectors.invoices_list(organization=organization)
         ],
         "may_manage": page_allows(request, "billing.manage"),
