@@ -17,6 +17,7 @@ Invoice.stripe_version), and an older one never overwrites a newer one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -81,7 +82,9 @@ def customer_for(*, organization: Organization, email: str = "") -> str:
             "email": email or None,
             "metadata": {"organization_id": str(organization.pk), "organization_slug": organization.slug},
         },
-        idempotency_key=f"agentyard-customer-{organization.pk}",
+        # The organization's id and creation time: unique even across a database restored
+        # from scratch (Stripe keeps a key 24 hours and refuses it with other parameters).
+        idempotency_key=f"agentyard-customer-{organization.pk}-{int(organization.created_at.timestamp())}",
     )
     with transaction.atomic():
         account = billing_account_for(organization, lock=True)
@@ -201,6 +204,8 @@ def subscription_plan_change(
     items: list[dict[str, Any]] = [
         {"id": item["id"], "deleted": True} for item in subscription["items"]["data"]
     ]
+    # The items it has now name this change: a double click repeats it, a later change differs.
+    current_items = ",".join(sorted(str(item["id"]) for item in subscription["items"]["data"]))
     if base:
         items.append({"price": base, "quantity": 1})
     items += [{"price": price} for price in metered]
@@ -211,7 +216,7 @@ def subscription_plan_change(
             "proration_behavior": "create_prorations",
             "metadata": {"organization_id": str(organization.pk), "plan": plan.key},
         },
-        idempotency_key=f"agentyard-plan-{account.stripe_subscription_id}-{plan.key}-{subscription['created']}",
+        idempotency_key=f"agentyard-plan-{plan.key}-{hashlib.sha256(current_items.encode()).hexdigest()[:24]}",
     )
 
 
@@ -297,6 +302,13 @@ def subscription_apply(*, subscription: dict[str, Any], version: int, deleted: b
         return "ignored: the subscription ended in the same second"
     if ended and current and current != subscription_id and account.status in LIVE_STATUSES:
         return f"ignored: {subscription_id} ended, but the organization is on {current}"
+    if (
+        status == BillingAccount.Status.INCOMPLETE
+        and current
+        and current != subscription_id
+        and account.status in LIVE_STATUSES
+    ):
+        return f"ignored: {subscription_id} is not paid yet; the organization stays on {current}"
     before = _account_state(account)
     if ended:
         account.plan = Plan.objects.filter(key=FREE_PLAN_KEY).first() or account.plan
@@ -304,7 +316,9 @@ def subscription_apply(*, subscription: dict[str, Any], version: int, deleted: b
         account.cancel_at_period_end = False
     else:
         plan = _plan_for(subscription, account.organization)
-        if plan is not None:
+        if status == BillingAccount.Status.INCOMPLETE:
+            pass  # not paid yet: the plan comes with the update that makes it active
+        elif plan is not None:
             account.plan = plan
         else:
             logger.warning("subscription %s has no price of a known plan; the plan stays", subscription_id)

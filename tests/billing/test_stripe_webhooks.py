@@ -253,3 +253,22 @@ def test_invoices_are_mirrored_and_a_late_draft_does_not_replace_paid(
     assert mirrored.organization_id == payer.pk
     assert (mirrored.status, str(mirrored.total), str(mirrored.amount_paid)) == ("paid", "49.00", "49.00")
     assert mirrored.hosted_invoice_url == invoice["hosted_invoice_url"]
+
+
+@pytest.mark.django_db
+def test_an_unpaid_subscription_does_not_grant_its_plan(
+    fake: FakeStripe,  # noqa: F811
+    payer: Organization,  # noqa: F811
+) -> None:
+    subscription = subscribed(fake, payer, plan="team")
+    before = billing_account_for(payer).plan.key
+    assert before != "team"
+    now = int(time.time())
+    unpaid = {**subscription, "status": "incomplete"}
+    deliver(fake, fake.send_event("customer.subscription.created", unpaid, created=now, deliver=False))
+    account = billing_account_for(payer)
+    assert (account.plan.key, account.status) == (before, BillingAccount.Status.INCOMPLETE)
+    deliver(
+        fake, fake.send_event("customer.subscription.updated", subscription, created=now + 1, deliver=False)
+    )
+    assert billing_account_for(payer).plan.key == "team"
