@@ -6,8 +6,8 @@
     this process against the loopback fake OpenAI API in a process of its own
     (it answers at once), cache off, with the gateway's real meter (record on every
     call; the flush, with its ledger rows and roll-ups, inline in the call that finds
-    it due, as in production) and with a meter that records nothing; interleaved
-    rounds, concurrency 1, p50/p99 of each and the difference. Beside it, the parts
+    it due, as in production) and with a meter that records nothing, alternating
+    call by call, concurrency 1, p50/p99 of each and the difference. Beside it, the parts
     measured alone: Meter.record per call, and a flush of a full batch
     (LLM_METERING_BATCH_SIZE calls over a realistic spread of runs and users) divided
     by its calls.
@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
@@ -196,16 +196,9 @@ def _null_meter() -> Any:
     return NullMeter()
 
 
-async def _timed(call: Callable[[], Awaitable[Any]], calls: int) -> list[float]:
-    samples = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        await call()
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
-
-
-async def gateway_latencies(organization_id: int, calls: int, rounds: int = 8) -> dict[str, list[float]]:
+async def gateway_latencies(organization_id: int, calls: int) -> dict[str, list[float]]:
+    """Metered and unmetered calls alternate one by one, so the drift of a machine whose
+    cores other work shares hits both alike."""
     from apps.llm.gateway import gateway
     from apps.llm.metering import meter
     from apps.llm.types import CallContext, ChatRequest, Message
@@ -220,10 +213,12 @@ async def gateway_latencies(organization_id: int, calls: int, rounds: int = 8) -
     for _ in range(200):  # warm-up: connections, snapshots, the first flush
         await call()
     samples: dict[str, list[float]] = {"unmetered": [], "metered": []}
-    for _ in range(rounds):
+    for _ in range(calls):
         for name, chosen in (("unmetered", null), ("metered", real)):
             gateway().meter = chosen
-            samples[name] += await _timed(call, calls // rounds)
+            started = time.perf_counter()
+            await call()
+            samples[name].append((time.perf_counter() - started) * 1000)
     gateway().meter = real
     return samples
 

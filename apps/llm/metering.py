@@ -44,6 +44,7 @@ from django.utils import timezone
 from apps.billing.ledger import UsageLine, idempotency_key, llm_unit_prices, usage_record_many
 from apps.llm.models import UsageDaily, UsageHourly
 from apps.llm.types import CallContext, Usage
+from apps.tenancy.models import Organization
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class Meter:
             for index, (flush_id, pending) in enumerate(batches):
                 try:
                     with transaction.atomic():
-                        usage_batch_write(flush_id=flush_id, pending=pending)
+                        written += usage_batch_write(flush_id=flush_id, pending=pending)
                 except Exception:
                     left = batches[index:]
                     logger.exception(
@@ -200,7 +201,6 @@ class Meter:
                         self._calls += sum(len(batch) for _, batch in left)
                         self._oldest = self._oldest or time.monotonic()
                     raise
-                written += len(pending)
             return written
 
     def discard(self) -> None:
@@ -211,16 +211,27 @@ class Meter:
             self._oldest = None
 
 
-def usage_batch_write(*, flush_id: str, pending: dict[Key, Sums]) -> bool:
+def usage_batch_write(*, flush_id: str, pending: dict[Key, Sums]) -> int:
     """One flush's sums: the billing ledger's rows, then these roll-ups, in the caller's
-    transaction. Written again with the same flush id (a retry), it writes nothing when
-    the ledger has its rows already. True if it wrote the roll-ups."""
+    transaction; the number of roll-up keys written. Written again with the same flush
+    id (a retry), it writes nothing (0) when the ledger has its rows already.
+
+    Sums of an organization deleted since its calls are left out: its rows would be
+    refused (their foreign key), and a batch that can never be written would hold up
+    every later flush of this process."""
+    organization_ids = {key[0] for key in pending}
+    existing = set(Organization.objects.filter(pk__in=organization_ids).values_list("pk", flat=True))
+    if existing != organization_ids:
+        logger.warning("LLM usage of deleted organizations %s left out", sorted(organization_ids - existing))
+        pending = {key: sums for key, sums in pending.items() if key[0] in existing}
+        if not pending:
+            return 0
     lines = ledger_lines(flush_id=flush_id, pending=pending)
     if lines and not usage_record_many(lines):
-        return False  # this batch was committed before (its ledger rows are there)
+        return 0  # this batch was committed before (its ledger rows are there)
     _upsert(UsageHourly._meta.db_table, "hour", pending, daily=False)
     _upsert(UsageDaily._meta.db_table, "day", pending, daily=True)
-    return True
+    return len(pending)
 
 
 def _source(user_id: int, api_key_id: int, run_id: str) -> tuple[str, str]:

@@ -18,7 +18,8 @@ from django.utils import timezone
 from apps.billing.models import UsageDaily, UsageHourly, UsageRecord
 from apps.llm import models as llm_models
 from apps.llm.metering import Key, Sums, meter, usage_batch_write
-from apps.llm.types import CallContext
+from apps.llm.types import CallContext, Usage
+from apps.tenancy.models import Organization
 from tests.api.conftest import key_client, new_key
 from tests.conftest import World
 from tests.fakes.llm_fake import Reply
@@ -201,12 +202,12 @@ def test_a_batch_written_again_under_its_flush_id_writes_nothing(world: World) -
     key: Key = (world.alpha.pk, hour, "gpt-4o-mini", "openai", world.alice.pk, 0, "run-ledger-replay")
     sums = Sums(requests=2, input_tokens=2000, output_tokens=100, cost_usd=Decimal("0.00036"))
 
-    def write() -> bool:
+    def write() -> int:
         with transaction.atomic():
             return usage_batch_write(flush_id="flush-replayed", pending={key: sums})
 
-    assert write() is True
-    assert write() is False
+    assert write() == 1
+    assert write() == 0
     by_run = rows(world.alpha.pk, source_id="run-ledger-replay")
     assert {kind: row.quantity for kind, row in by_run.items()} == {
         "llm_input_tokens": 2000,
@@ -219,5 +220,28 @@ def test_a_batch_written_again_under_its_flush_id_writes_nothing(world: World) -
     assert (gateway_row.requests, gateway_row.input_tokens) == (2, 2000)
     # A different flush of the same sums is new usage, and counts.
     with transaction.atomic():
-        assert usage_batch_write(flush_id="flush-next", pending={key: sums}) is True
+        assert usage_batch_write(flush_id="flush-next", pending={key: sums}) == 1
     assert UsageHourly.objects.get(source_id="run-ledger-replay", kind="llm_input_tokens").quantity == 4000
+
+
+def test_usage_of_an_organization_deleted_before_the_flush_does_not_hold_up_the_rest(world: World) -> None:
+    gone = Organization.objects.create(name="Gone", slug="gone-ledger", schema_name="gone_ledger")
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    for organization_id in (gone.pk, world.alpha.pk):
+        meter().record(
+            context=CallContext(organization_id=organization_id, run_id="run-ledger-gone"),
+            model="gpt-4o-mini",
+            provider="openai",
+            usage=Usage(input_tokens=50, output_tokens=5),
+            cost_usd=0.0000105,
+        )
+    Organization.objects.filter(pk=gone.pk).delete()
+    assert meter().flush() == 1
+    assert meter().flush() == 0  # nothing left behind to retry
+    assert not UsageRecord.objects.filter(organization_id=gone.pk).exists()
+    by_run = rows(world.alpha.pk, source_id="run-ledger-gone")
+    assert {kind: row.quantity for kind, row in by_run.items()} == {
+        "llm_input_tokens": 50,
+        "llm_output_tokens": 5,
+    }
+    assert by_run["llm_input_tokens"].occurred_at == hour
