@@ -312,3 +312,37 @@ def test_each_fake_is_its_own_stripe() -> None:
         elsewhere = stripe.StripeClient("sk_test_a", base_addresses=other.base_addresses)
         with pytest.raises(stripe.InvalidRequestError):
             elsewhere.v1.customers.retrieve(customer.id)
+
+
+def test_the_control_api_answers_over_http(sdk: stripe.StripeClient, fake: FakeStripe) -> None:  # noqa: F811
+    """For a process holding no reference to the fake (a browser test's helper, a script)."""
+    import json
+
+    def control(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(fake.origin + path, data=data, method=method)  # noqa: S310 (loopback)
+        with urllib.request.urlopen(request) as response:  # noqa: S310
+            return json.loads(response.read())
+
+    control("POST", "/_fake/fail", {"path": "/v1/customers", "times": 1, "status": 503})
+    with pytest.raises(stripe.APIError) as caught:
+        sdk.v1.customers.create(params={"name": "x"})
+    assert caught.value.http_status == 503
+    customer = sdk.v1.customers.create(params={"name": "Controlled"})
+    meter = sdk.v1.billing.meters.create(
+        params={
+            "display_name": "c",
+            "event_name": f"ctl_{customer.id}",
+            "default_aggregation": {"formula": "sum"},
+        }
+    )
+    sdk.v1.billing.meter_events.create(
+        params={"event_name": meter.event_name, "payload": {"stripe_customer_id": customer.id, "value": "3"}}
+    )
+    listed = control("GET", "/_fake/meter_events")
+    assert any(event["payload"]["stripe_customer_id"] == customer.id for event in listed["data"])
+    sent = control("POST", "/_fake/events", {"type": "customer.updated", "object": {"id": customer.id}})
+    assert fake.events[-1]["id"] == sent["id"]
+    control("POST", "/_fake/fail", {"path": "/v1/customers"})
+    control("POST", "/_fake/clear_failures")
+    assert sdk.v1.customers.retrieve(customer.id).name == "Controlled"
