@@ -18,6 +18,7 @@ from config.routing import websocket_urlpatterns
 from tests.conftest import LiveServer, World, client_for, host
 from tests.fakes.stripe_server import FakeStripe, stripe_fake  # noqa: F401 (a fixture)
 from tests.isolation import Endpoint, beta_admin_key, concrete_path, find_leaks, tenant_endpoints
+from tests.runtime_server import RuntimeServer
 from tests.websocket import session_cookie_for, ws_connect
 
 
@@ -225,3 +226,52 @@ def test_stripe_webhooks_change_only_the_organization_whose_customer_the_event_n
         alpha_before.stripe_subscription_id,
         alpha_before.status,
     )
+
+
+@pytest.mark.django_db
+def test_billings_usage_tasks_charge_each_organization_only_its_own_usage(
+    world: World, runtime_server: RuntimeServer
+) -> None:
+    """The ledger's beat tasks (billing.sandbox_seconds_account, billing.storage_measure)
+    walk every organization's schema: Alpha's running sandbox and knowledge are charged
+    to Alpha, and nothing of them to Beta."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.billing.ledger import knowledge_bytes
+    from apps.billing.models import UsageRecord
+    from apps.billing.tasks import sandbox_seconds_account_task, storage_measure_task
+    from apps.knowledge.models import KnowledgeChunk, KnowledgeSource
+    from apps.workspaces.models import Workspace
+
+    since = timezone.now() - timedelta(hours=2)
+    with schema_context(world.alpha.schema_name):
+        # Rows only: the accounting reads our records of what runs, not the runtime.
+        workspace = Workspace.objects.create(name="iso-metered", state="running", started_at=since)
+        source = KnowledgeSource.objects.create(kind="note", name="Alpha's notes", status="ready")
+        KnowledgeChunk.objects.create(
+            key="iso-ledger-note",
+            source=source,
+            kind="note",
+            text="Alpha's secret. " * 500,
+            content_hash="0" * 64,
+        )
+        alpha_knowledge = knowledge_bytes()
+    with schema_context(world.beta.schema_name):
+        beta_knowledge = knowledge_bytes()
+    sandbox_seconds_account_task()
+    storage_measure_task()
+
+    recent = UsageRecord.objects.filter(occurred_at__gte=since)
+    assert recent.filter(
+        organization=world.alpha, kind="sandbox_seconds", source_id=str(workspace.pk)
+    ).exists()
+    assert not recent.filter(organization=world.beta, kind="sandbox_seconds").exists()
+    alpha_storage = recent.get(organization=world.alpha, kind="storage_gb_hours", source_id="knowledge")
+    beta_storage = recent.filter(
+        organization=world.beta, kind="storage_gb_hours", source_id="knowledge"
+    ).first()
+    assert alpha_storage.quantity > 0
+    assert beta_knowledge < alpha_knowledge
+    assert beta_storage is None or beta_storage.quantity < alpha_storage.quantity
