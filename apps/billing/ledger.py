@@ -448,16 +448,19 @@ def storage_usage_record(
     max_span: timedelta,
 ) -> Decimal:
     """Storage held since the organization's last measurement (at most `max_span` back;
-    its first measurement counts `first_span`) up to `until`, as storage_gb_hours: one
-    row per (source_type, source_id, bytes) in `sizes` (a workspace's disk, the
+    its first measurement ever counts `first_span`) up to `until`, as storage_gb_hours:
+    one row per (source_type, source_id, bytes) in `sizes` (a workspace's disk, the
     knowledge store). The GB-hours written (0: this interval is recorded already)."""
-    last = UsageRecord.objects.filter(
-        organization_id=organization_id,
-        occurred_at__gte=until - max_span,
-        occurred_at__lte=until,
-        kind=UsageKind.STORAGE_GB_HOURS,
-    ).aggregate(last=Max("occurred_at"))["last"]
-    since = last if last is not None else until - first_span
+    measured = UsageRecord.objects.filter(organization_id=organization_id, kind=UsageKind.STORAGE_GB_HOURS)
+    last = measured.filter(occurred_at__gte=until - max_span, occurred_at__lte=until).aggregate(
+        last=Max("occurred_at")
+    )["last"]
+    if last is not None:
+        since = last
+    elif measured.filter(occurred_at__lt=until - max_span).exists():
+        since = until - max_span  # measured before, then not for longer than max_span
+    else:
+        since = until - first_span
     lines = [
         UsageLine(
             organization_id=organization_id,
@@ -537,16 +540,19 @@ def knowledge_bytes() -> int:
     return int(size)
 
 
-def workspace_disk_bytes(schema_name: str) -> list[tuple[str, str, int]]:
-    """(source_type "workspace", workspace id, bytes) of each of the organization's
-    sandboxes the runtime has, running or stopped, as the runtime reports its disk use.
-    Raises RuntimeServiceError when the runtime cannot be asked."""
+def workspace_disk_bytes() -> dict[str, list[tuple[str, str, int]]]:
+    """Per runtime tenant (an organization's schema), (source_type "workspace", workspace
+    id, bytes) of each sandbox the runtime keeps, running or stopped, as it reports its
+    disk use; one call for every organization. Raises RuntimeServiceError when the
+    runtime cannot be asked."""
     from apps.workspaces.runtime import runtime_client
 
-    sizes = []
-    for info in runtime_client().list_sandboxes(schema_name):
-        workspace_id = info.sandbox_id.removeprefix("ws-")
-        sizes.append((UsageSource.WORKSPACE.value, workspace_id[:64], int(info.disk_used_bytes)))
+    sizes: dict[str, list[tuple[str, str, int]]] = {}
+    for info in runtime_client().list_sandboxes(""):
+        workspace_id = info.sandbox_id.removeprefix("ws-")[:64]
+        sizes.setdefault(info.tenant, []).append(
+            (UsageSource.WORKSPACE.value, workspace_id, int(info.disk_used_bytes))
+        )
     return sizes
 
 
@@ -563,23 +569,24 @@ def storage_measure(*, now: datetime | None = None) -> dict[str, Decimal]:
     - the knowledge store: its chunks' text and metadata in PostgreSQL (knowledge_bytes).
     Not counted: Chroma's vectors and index files, PostgreSQL's own overhead (indexes,
     page slack), other tables (runs' events, audit log), and container images.
-    The whole measurement of an organization is one interval's bytes held for the
-    whole span (sizes in between are not known). When the runtime cannot be asked, no
-    organization is measured this time: the next measurement covers the gap (up to
-    BILLING_STORAGE_MAX_SPAN_HOURS), rather than one that leaves the disks out.
+    The sizes measured now count for the whole span since the previous measurement
+    (what they were in between is not known). When the runtime cannot be asked, no
+    organization is measured this time: the next measurement covers the gap (at most
+    BILLING_STORAGE_MAX_SPAN_HOURS of it), rather than one that leaves the disks out.
     Safe to run twice: an interval already measured writes nothing."""
     from runtime.client import RuntimeServiceError
 
     minutes = settings.BILLING_STORAGE_MEASURE_MINUTES
     until = interval_start(now or timezone.now(), minutes)
     result: dict[str, Decimal] = {}
+    try:
+        disks = workspace_disk_bytes()
+    except RuntimeServiceError as exc:
+        logger.warning("Storage not measured: the sandbox runtime cannot be asked (%s)", exc)
+        return result
     for organization in _billable_organizations():
+        sizes = list(disks.get(organization.schema_name, []))
         with schema_context(organization.schema_name):
-            try:
-                sizes = workspace_disk_bytes(organization.schema_name)
-            except RuntimeServiceError as exc:
-                logger.warning("Storage not measured: the sandbox runtime cannot be asked (%s)", exc)
-                return result
             sizes.append((UsageSource.SYSTEM.value, "knowledge", knowledge_bytes()))
         with transaction.atomic():
             written = storage_usage_record(

@@ -133,6 +133,14 @@ def test_with_the_runtime_down_nothing_is_measured_and_the_next_measurement_cove
     assert rows[f"workspace:{workspace.pk}"].quantity == (Decimal(disk) * 2 / GB).quantize(
         Decimal("0.000001")
     )
+    # Down for 30 hours: at most BILLING_STORAGE_MAX_SPAN_HOURS (24) of the gap is counted.
+    settings.BILLING_STORAGE_MAX_SPAN_HOURS = 24  # type: ignore[attr-defined]
+    after_outage = first + timedelta(hours=32)
+    storage_measure(now=after_outage)
+    rows = storage_rows(world, interval_start(after_outage, 60))
+    assert rows[f"workspace:{workspace.pk}"].quantity == (Decimal(disk) * 24 / GB).quantize(
+        Decimal("0.000001")
+    )
 
 
 def test_the_celery_task_measures_and_is_safe_to_run_twice(
