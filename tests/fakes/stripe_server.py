@@ -943,9 +943,15 @@ class FakeStripe:
             }
         amount = params.get("unit_amount")
         amount_decimal = params.get("unit_amount_decimal")
-        if amount is None and amount_decimal is None:
+        scheme = params.get("billing_scheme") or "per_unit"
+        tiers = None
+        if scheme == "tiered":
+            tiers = self._tiers(params)
+        elif amount is None and amount_decimal is None:
             raise StripeError(400, "Missing required param: unit_amount.", param="unit_amount")
-        if amount is not None:
+        if tiers is not None:
+            amount = amount_decimal = None
+        elif amount is not None:
             amount = _int(amount, "unit_amount")
             amount_decimal = str(amount)
         else:
@@ -968,7 +974,7 @@ class FakeStripe:
             "id": self._new_id("price"),
             "object": "price",
             "active": _truthy(params.get("active", "true")),
-            "billing_scheme": "per_unit",
+            "billing_scheme": scheme,
             "created": self.now(),
             "currency": str(params["currency"]).lower(),
             "livemode": False,
@@ -978,14 +984,53 @@ class FakeStripe:
             "product": product_id,
             "recurring": recurring_object,
             "tax_behavior": "unspecified",
+            "tiers": tiers,
+            "tiers_mode": params.get("tiers_mode") if tiers else None,
             "type": "recurring" if recurring_object else "one_time",
             "unit_amount": amount,
-            "unit_amount_decimal": str(amount_decimal),
+            "unit_amount_decimal": None if amount_decimal is None else str(amount_decimal),
         }
         return self._public(self._put("price", price))
 
+    @staticmethod
+    def _tiers(params: dict[str, Any]) -> list[dict[str, Any]]:
+        """A tiered price's tiers (each up_to a quantity or "inf", with its unit amount)."""
+        if params.get("tiers_mode") not in {"graduated", "volume"}:
+            raise StripeError(400, "Missing required param: tiers_mode.", param="tiers_mode")
+        tiers = params.get("tiers")
+        if not isinstance(tiers, list) or not tiers:
+            raise StripeError(400, "Missing required param: tiers.", param="tiers")
+        made = []
+        for index, tier in enumerate(tiers):
+            up_to = tier.get("up_to")
+            if up_to is None or (up_to != "inf" and not str(up_to).isdigit()):
+                raise StripeError(400, "Invalid up_to: an integer or `inf`.", param=f"tiers[{index}][up_to]")
+            decimal = tier.get("unit_amount_decimal", tier.get("unit_amount", "0"))
+            try:
+                Decimal(str(decimal))
+            except InvalidOperation:
+                raise StripeError(
+                    400, "Invalid decimal", param=f"tiers[{index}][unit_amount_decimal]"
+                ) from None
+            made.append(
+                {
+                    "flat_amount": None,
+                    "flat_amount_decimal": None,
+                    "unit_amount": None,
+                    "unit_amount_decimal": str(decimal),
+                    "up_to": None if up_to == "inf" else int(up_to),
+                }
+            )
+        if made[-1]["up_to"] is not None:
+            raise StripeError(
+                400, "The last tier must be up to `inf`.", param=f"tiers[{len(made) - 1}][up_to]"
+            )
+        return made
+
     def _price_list(self, params: dict[str, Any]) -> dict[str, Any]:
         lookup_keys = params.get("lookup_keys")
+        if isinstance(lookup_keys, list) and len(lookup_keys) > 10:
+            raise StripeError(400, "You can specify up to 10 lookup_keys.", param="lookup_keys")
         active = params.get("active")
         return self._list(
             "price",
@@ -1369,7 +1414,9 @@ class FakeStripe:
             for item in session["_line_items"]:
                 price = item["price"]
                 product = self.store.get("product", {}).get(price["product"], {})
-                if price["recurring"] and price["recurring"]["usage_type"] == "metered":
+                if price["tiers"]:
+                    amount = "by usage, in tiers"
+                elif price["recurring"] and price["recurring"]["usage_type"] == "metered":
                     amount = (
                         f"{Decimal(price['unit_amount_decimal']) / 100} {price['currency'].upper()} per unit"
                     )
