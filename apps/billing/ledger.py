@@ -29,7 +29,9 @@ was last accounted, whichever is later, written when it stops (in the stop's tra
 and by the periodic task for running ones (apps/billing/tasks.py). Each row's occurred_at
 is the END of the span it covers, so "last accounted" is the latest such row of the
 workspace since its start; the key names the start and the end, so accounting the same
-span twice writes once.
+span twice writes once. A span counts in the hour (and day, and month) it ends in: with the
+periodic task every BILLING_SANDBOX_ACCOUNT_MINUTES, at most that much of a sandbox's
+time lands in the hour after the one it ran in.
 """
 
 from __future__ import annotations
