@@ -79,7 +79,9 @@ def stripe_event_record(*, event: dict[str, Any]) -> bool:
                 created=int(event.get("created") or 0),
                 payload=event,
             )
-            transaction.on_commit(lambda: stripe_event_process_task.delay(event_id))
+            # robust: a broker that cannot take the task is logged, and the row waits for the
+            # beat's stripe_events_pending; Stripe still gets its 200 for a stored event.
+            transaction.on_commit(lambda: stripe_event_process_task.delay(event_id), robust=True)
     except IntegrityError:
         return False
     return True
