@@ -238,6 +238,8 @@ def _account_for_customer(customer_id: str, metadata: dict[str, Any]) -> Billing
         organization = Organization.objects.filter(pk=int(metadata["organization_id"])).first()
         if organization is not None:
             account = billing_account_for(organization, lock=True)
+            if customer_id and account.stripe_customer_id and account.stripe_customer_id != customer_id:
+                return None  # the organization pays as another customer: not its object
             if customer_id and not account.stripe_customer_id:
                 account.stripe_customer_id = customer_id
     return account

@@ -272,3 +272,26 @@ def test_an_unpaid_subscription_does_not_grant_its_plan(
         fake, fake.send_event("customer.subscription.updated", subscription, created=now + 1, deliver=False)
     )
     assert billing_account_for(payer).plan.key == "team"
+
+
+@pytest.mark.django_db
+def test_metadata_naming_an_organization_that_pays_as_another_customer_is_ignored(
+    fake: FakeStripe,  # noqa: F811
+    payer: Organization,  # noqa: F811
+) -> None:
+    subscribed(fake, payer)  # the payer is a customer of its own
+    stranger = {
+        "id": "sub_stranger",
+        "object": "subscription",
+        "customer": "cus_someone_else",
+        "status": "active",
+        "cancel_at_period_end": False,
+        "items": {
+            "object": "list",
+            "data": [{"id": "si_s", "price": {"id": "price_s", "lookup_key": "team"}}],
+        },
+        "metadata": {"organization_id": str(payer.pk)},
+    }
+    outcome = deliver(fake, fake.send_event("customer.subscription.created", stranger, deliver=False))
+    assert outcome == "ignored: no organization has customer cus_someone_else"
+    assert billing_account_for(payer).stripe_subscription_id == ""
