@@ -17,8 +17,11 @@ cut in the middle with a marker.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +56,71 @@ def _declared(name: str, version: int | None) -> set[str] | None:
         return {str(declaration["name"]) for declaration in chosen.variables}
     default = default_get(name)
     return {str(declaration["name"]) for declaration in default.variables} if default is not None else None
+
+
+class _Recent:
+    """A few values of this process, the least recently used forgotten first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[str, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        with self.lock:
+            value = self.items.get(key)
+            if value is not None:
+                self.items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: Any) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+# The runs this process drove lately: their events so far and their system prompts. A
+# worker drives a run's steps one after another (apps/agents/loop.py), and reading the
+# whole history and the prompt template again at each step was a quarter of the
+# platform's time per step (bench/agents.py under py-spy).
+_histories = _Recent(8)
+_prompts = _Recent(64)
+
+
+def run_events(run: AgentRun) -> list[Event]:
+    """The run's events in order: those this process read before (events never change:
+    apps/agents/migrations/0002), then the newer ones from the table."""
+    key = str(run.pk)
+    known: list[Event] | None = _histories.get(key)
+    if known is None:
+        known = list(Event.objects.filter(run_id=run.pk).order_by("seq"))
+    else:
+        last = known[-1].seq if known else 0
+        newer = list(Event.objects.filter(run_id=run.pk, seq__gt=last).order_by("seq"))
+        if newer and newer[0].seq != last + 1:  # cannot happen with gap-free numbering; read afresh
+            newer = list(Event.objects.filter(run_id=run.pk).order_by("seq"))
+            known = []
+        known = known + newer
+    _histories.put(key, known)
+    return known
+
+
+def run_system_prompt(*, run: AgentRun, toolbox: Toolbox) -> str:
+    """system_prompt(), rendered once per run and set of tools and kept (in this process and
+    the cache, whose keys carry the schema): the same text at every step, which providers'
+    prompt caches key on, even if the template gets a new version mid-run."""
+    names = "\n".join(sorted(toolbox.names()))
+    key = f"agents:system-prompt:{run.pk}:{hashlib.sha256(names.encode()).hexdigest()[:16]}"
+    text = _prompts.get(key)
+    if text is None:
+        text = cache.get(key)
+    if not isinstance(text, str):
+        text = system_prompt(run=run, toolbox=toolbox)
+        cache.set(key, text, KNOWLEDGE_BLOCK_SECONDS)
+    _prompts.put(key, text)
+    return text
 
 
 def system_prompt(*, run: AgentRun, toolbox: Toolbox) -> str:
@@ -94,8 +162,11 @@ def knowledge_block(*, organization: Organization, run: AgentRun) -> str:
     from apps.knowledge.agent import context_for
 
     key = f"agents:knowledge-block:{run.pk}"
-    block = cache.get(key)
+    block = _prompts.get(key)
+    if block is None:
+        block = cache.get(key)
     if isinstance(block, str):
+        _prompts.put(key, block)
         return block
     try:
         block = context_for(organization, str(run.pk), run.task, int(settings.AGENTS_KNOWLEDGE_TOKENS))
@@ -103,6 +174,7 @@ def knowledge_block(*, organization: Organization, run: AgentRun) -> str:
         logger.exception("Run %s: no knowledge context", run.pk)
         return ""
     cache.set(key, block, KNOWLEDGE_BLOCK_SECONDS)
+    _prompts.put(key, block)
     return block
 
 
@@ -164,7 +236,7 @@ def conversation(
     *, organization: Organization, run: AgentRun, events: Sequence[Event], toolbox: Toolbox
 ) -> list[Message]:
     """The whole conversation for the next step, before window management."""
-    system = Message(role="system", content=system_prompt(run=run, toolbox=toolbox))
+    system = Message(role="system", content=run_system_prompt(run=run, toolbox=toolbox))
     history = history_messages(events)
     # The task message is the first user message; the knowledge block joins it, pinned.
     first_user = next((index for index, message in enumerate(history) if message.role == "user"), None)

@@ -22,8 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from channels.layers import get_channel_layer
-from django.db import transaction
-from django.db.models import F
+from django.db import IntegrityError, connection, transaction
 
 from apps.agents.models import AgentRun, Event
 from apps.tenancy.db import tenant_connection
@@ -69,27 +68,38 @@ def event_append(
         existing = Event.objects.filter(run_id=run.pk, step_key=step_key).first()
         if existing is not None:
             return existing
-    # The row lock serialises numbering between writers (worker, API, scheduler).
-    seq = (
-        AgentRun.objects.select_for_update().filter(pk=run.pk).values_list("last_seq", flat=True).get()
-    ) + 1
-    if step_key:
-        # A writer that held the lock before us may have stored it meanwhile.
-        existing = Event.objects.filter(run_id=run.pk, step_key=step_key).first()
-        if existing is not None:
-            return existing
-    event = Event.objects.create(
-        run_id=run.pk,
-        seq=seq,
-        kind=kind,
-        step=step,
-        payload=payload,
-        step_key=step_key,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cost=cost,
-    )
-    AgentRun.objects.filter(pk=run.pk).update(last_seq=F("last_seq") + 1)
+    # Numbering and the row lock in one round trip: the UPDATE locks the run's row until
+    # commit, which serialises writers (worker, API, scheduler). A writer that stored the
+    # same step_key meanwhile makes our INSERT break the unique (run, step_key) constraint;
+    # the savepoint then undoes our number too, so the sequence keeps no gap.
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {AgentRun._meta.db_table} SET last_seq = last_seq + 1"  # noqa: S608 (our table)
+                    " WHERE id = %s RETURNING last_seq",
+                    [run.pk],
+                )
+                row = cursor.fetchone()
+            if row is None:
+                raise AgentRun.DoesNotExist(f"No run {run.pk}.")
+            seq = int(row[0])
+            event = Event.objects.create(
+                run_id=run.pk,
+                seq=seq,
+                kind=kind,
+                step=step,
+                payload=payload,
+                step_key=step_key,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cost=cost,
+            )
+    except IntegrityError:
+        existing = Event.objects.filter(run_id=run.pk, step_key=step_key).first() if step_key else None
+        if existing is None:
+            raise
+        return existing
     run.last_seq = seq
     group = run_group(run.pk, tenant_connection().schema_name)
     message = {"type": "run.event", "event": event_payload(event)}

@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from decimal import Decimal
@@ -154,39 +154,64 @@ class StepOutcome:
 
 
 def step_run(*, run_id: str | uuid.UUID, number: int, worker: str | None = None) -> StepOutcome:
-    """Drive step `number` of the run in the current (tenant) schema; safe to call twice."""
+    """Drive the run from step `number` in the current (tenant) schema; safe to call twice.
+
+    Steps follow one another in this call for AGENTS_STEP_SLICE_SECONDS, then the next is
+    sent as a task of its own. Handing every step to Celery cost about 70 ms a step (commit,
+    broker, a worker process picking it up, the lock taken again), most of the platform's
+    share; the slice keeps that hand-off rare while other runs' steps still get a worker
+    process every few seconds. Each step is persisted as before, so a worker that dies
+    mid-slice loses nothing: the run is resumed from its last event (agents.reap)."""
     worker = worker or worker_name()
     run_uuid = uuid.UUID(str(run_id))
     with run_lock(run_uuid) as acquired:
         if not acquired:
             return StepOutcome("skipped", "another worker drives this run")
-        run = AgentRun.objects.select_related("workspace").filter(pk=run_uuid).first()
-        if run is None:
-            return StepOutcome("skipped", "no such run")
-        if run.state != State.RUNNING:
-            return StepOutcome("skipped", f"the run is {run.state}")
-        if number != run.steps + 1:
-            return StepOutcome("skipped", f"step {number} is not next (the run has done {run.steps})")
-        AgentRun.objects.filter(pk=run.pk).update(worker=worker, heartbeat_at=timezone.now())
-        run.worker = worker
-        organization = Organization.objects.get(schema_name=pool.current_schema())
-        with Heartbeat(run_id=run.pk, schema_name=organization.schema_name, worker=worker):
-            try:
-                outcome = _Step(run=run, number=number, organization=organization).perform()
-            except DatabaseError:
-                raise  # the database is the record: nothing to write the failure to; retried later
-            except Exception as exc:
-                logger.exception("Run %s step %s failed", run.pk, number)
-                outcome = _fail(
-                    run,
-                    organization,
-                    f"The platform failed during step {number}: {type(exc).__name__}.",
-                    code="internal_error",
-                    detail=str(exc),
-                )
-        if outcome.continues:
-            _enqueue_next(run)
-        return outcome
+        organization: Organization | None = None
+        # The slice's first step may have been begun by a worker that died; the steps after
+        # it are new: this process just finished the one before, holding the lock.
+        fresh = False
+        slice_ends = time.monotonic() + float(settings.AGENTS_STEP_SLICE_SECONDS)
+        with ExitStack() as heartbeat:
+            while True:
+                run = AgentRun.objects.select_related("workspace").filter(pk=run_uuid).first()
+                if run is None:
+                    return StepOutcome("skipped", "no such run")
+                if run.state != State.RUNNING:
+                    return StepOutcome("skipped", f"the run is {run.state}")
+                if number != run.steps + 1:
+                    return StepOutcome("skipped", f"step {number} is not next (the run has done {run.steps})")
+                if organization is None:  # the slice's first step
+                    AgentRun.objects.filter(pk=run.pk).update(worker=worker, heartbeat_at=timezone.now())
+                    organization = Organization.objects.get(schema_name=pool.current_schema())
+                    heartbeat.enter_context(
+                        Heartbeat(run_id=run.pk, schema_name=organization.schema_name, worker=worker)
+                    )
+                run.worker = worker
+                outcome = _step_guarded(run, number, organization, fresh=fresh)
+                if not outcome.continues:
+                    return outcome
+                if time.monotonic() >= slice_ends:
+                    _enqueue_next(run)
+                    return outcome
+                number = run.steps + 1
+                fresh = True
+
+
+def _step_guarded(run: AgentRun, number: int, organization: Organization, *, fresh: bool) -> StepOutcome:
+    try:
+        return _Step(run=run, number=number, organization=organization, fresh=fresh).perform()
+    except DatabaseError:
+        raise  # the database is the record: nothing to write the failure to; retried later
+    except Exception as exc:
+        logger.exception("Run %s step %s failed", run.pk, number)
+        return _fail(
+            run,
+            organization,
+            f"The platform failed during step {number}: {type(exc).__name__}.",
+            code="internal_error",
+            detail=str(exc),
+        )
 
 
 def _enqueue_next(run: AgentRun) -> None:
@@ -289,12 +314,22 @@ def _stuck(run: AgentRun, number: int) -> str | None:
 
 
 class _Step:
-    def __init__(self, *, run: AgentRun, number: int, organization: Organization) -> None:
+    def __init__(
+        self, *, run: AgentRun, number: int, organization: Organization, fresh: bool = False
+    ) -> None:
+        """`run` as read at the step's start; `fresh`: nothing of this step was stored yet."""
         self.run = run
         self.number = number
         self.organization = organization
+        self.fresh = fresh
         self.started = time.monotonic()
         self.key = f"step:{number}"
+        self._actor: Actor | None = None
+
+    def actor(self) -> Actor:
+        if self._actor is None:
+            self._actor = _actor(self.run)
+        return self._actor
 
     # -- the step ----------------------------------------------------------------------------------
 
@@ -311,7 +346,9 @@ class _Step:
                 run, self.organization, "The run's workspace was destroyed.", code="workspace_deleted"
             )
         toolbox = tools_for(run)
-        action = Event.objects.filter(run_id=run.pk, step_key=f"{self.key}:action").first()
+        action = (
+            None if self.fresh else Event.objects.filter(run_id=run.pk, step_key=f"{self.key}:action").first()
+        )
         decided_now = action is None
         if action is None:
             if self.number == 1:
@@ -323,11 +360,10 @@ class _Step:
         return self._act(action, toolbox, decided_now=decided_now)
 
     def _control(self) -> StepOutcome | None:
-        run = self.run
-        fresh = AgentRun.objects.values("control").get(pk=run.pk)
-        if fresh["control"] == AgentRun.Control.CANCEL:
+        run = self.run  # read at the step's start, control included
+        if run.control == AgentRun.Control.CANCEL:
             return _end(run, self.organization, State.CANCELLED, "Cancelled at a member's request")
-        if fresh["control"] == AgentRun.Control.PAUSE:
+        if run.control == AgentRun.Control.PAUSE:
             with transaction.atomic():
                 locked = AgentRun.objects.select_for_update().get(pk=run.pk)
                 locked.control = AgentRun.Control.NONE
@@ -359,7 +395,7 @@ class _Step:
             run=self.run,
             organization=self.organization,
             workspace=self.run.workspace,
-            actor=_actor(self.run),
+            actor=self.actor(),
             step=self.number,
             deadline=self._deadline(),
         )
@@ -388,13 +424,12 @@ class _Step:
     # -- asking the model --------------------------------------------------------------------------
 
     def _decide(self, toolbox: Toolbox) -> Event | StepOutcome:
-        from apps.llm.context import estimating_counter, fit_request
-        from apps.llm.gateway import chat_sync, gateway
+        from apps.llm.gateway import gateway
         from apps.llm.selectors import catalog_models
         from apps.llm.types import CallContext, ChatRequest
 
         run = self.run
-        events = list(Event.objects.filter(run_id=run.pk).order_by("seq"))
+        events = run_context.run_events(run)
         messages = run_context.conversation(
             organization=self.organization, run=run, events=events, toolbox=toolbox
         )
@@ -428,15 +463,7 @@ class _Step:
                 context=call,
             )
             model = catalog_models()[planned["model"]]
-            fitted, _ = _sync_fit(
-                fit_request,
-                request,
-                context_window=model.context_window,
-                count_tokens=estimating_counter(model.provider),
-                reserve_output_tokens=max_tokens,
-            )
-            fitted = _with_max_tokens(fitted, min(max_tokens, model.max_output_tokens))
-            response = chat_sync(fitted, context=call)
+            response = _fit_and_ask(request, call=call, model=model, max_tokens=max_tokens)
         except ServiceError as exc:
             return _fail(
                 run,
@@ -469,7 +496,11 @@ class _Step:
                 cached_tokens=F("cached_tokens") + usage.cached_tokens,
                 cost=F("cost") + cost,
             )
-        run.refresh_from_db(fields=["input_tokens", "output_tokens", "cached_tokens", "cost", "last_seq"])
+        # Only the run's driver (this process, under the lock) adds to these.
+        run.input_tokens += usage.input_tokens
+        run.output_tokens += usage.output_tokens
+        run.cached_tokens += usage.cached_tokens
+        run.cost += cost
         return action
 
     def _action_payload(self, message: Any, toolbox: Toolbox) -> dict[str, Any]:
@@ -549,7 +580,11 @@ class _Step:
     def _act(self, action: Event, toolbox: Toolbox, *, decided_now: bool) -> StepOutcome:
         run = self.run
         payload = action.payload
-        observed = Event.objects.filter(run_id=run.pk, step_key=f"{self.key}:observation").first()
+        observed = (
+            None
+            if self.fresh
+            else Event.objects.filter(run_id=run.pk, step_key=f"{self.key}:observation").first()
+        )
         if observed is not None:
             return self._complete(observed)
         if not payload.get("valid", True):
@@ -650,7 +685,7 @@ class _Step:
         run = self.run
         assert run.workspace is not None
         result: dict[str, Any] = {"answer": answer, "diff": "", "commit": None}
-        actor = _actor(run)
+        actor = self.actor()
         try:
             path = repository_path(actor=actor, workspace=run.workspace)
             if path is not None:
@@ -660,11 +695,11 @@ class _Step:
             logger.warning("Run %s: no final diff (%s)", run.pk, exc.message)
         return result
 
-    def _add_active_seconds(self, locked: AgentRun) -> None:
+    def _add_active_seconds(self, locked: AgentRun, **also: Any) -> None:
         elapsed = time.monotonic() - self.started
         self.started = time.monotonic()
         locked.active_seconds += elapsed
-        AgentRun.objects.filter(pk=locked.pk).update(active_seconds=F("active_seconds") + elapsed)
+        AgentRun.objects.filter(pk=locked.pk).update(active_seconds=F("active_seconds") + elapsed, **also)
         self.run.active_seconds = locked.active_seconds
 
     def _complete(self, observation: Event) -> StepOutcome:
@@ -674,8 +709,9 @@ class _Step:
             locked = AgentRun.objects.select_for_update().get(pk=run.pk)
             if locked.steps < self.number:
                 locked.steps = self.number
-                AgentRun.objects.filter(pk=run.pk).update(steps=self.number, heartbeat_at=timezone.now())
-            self._add_active_seconds(locked)
+                self._add_active_seconds(locked, steps=self.number, heartbeat_at=timezone.now())
+            else:
+                self._add_active_seconds(locked)
             run.steps = locked.steps
             run.result = locked.result
         if observation.payload.get("tool") == "finish" and run.result.get("answer") is not None:
@@ -686,16 +722,30 @@ class _Step:
         return StepOutcome("continued")
 
 
-def _sync_fit(fit: Any, request: Any, **kwargs: Any) -> Any:
-    from asgiref.sync import async_to_sync
-
-    return async_to_sync(fit)(request, **kwargs)
-
-
-def _with_max_tokens(request: Any, max_tokens: int) -> Any:
+def _fit_and_ask(request: Any, *, call: Any, model: Any, max_tokens: int) -> Any:
+    """The conversation fitted to the model's window, then asked, in one event loop (each
+    async_to_sync from a worker makes a loop and a thread of its own)."""
     from dataclasses import replace
 
-    return replace(request, max_tokens=max_tokens)
+    from asgiref.sync import async_to_sync
+
+    from apps.llm.context import estimating_counter, fit_request
+    from apps.llm.gateway import gateway
+
+    async def ask() -> Any:
+        try:
+            fitted, _ = await fit_request(
+                request,
+                context_window=model.context_window,
+                count_tokens=estimating_counter(model.provider),
+                reserve_output_tokens=max_tokens,
+            )
+            fitted = replace(fitted, max_tokens=min(max_tokens, model.max_output_tokens))
+            return await gateway().chat(fitted, context=call)
+        finally:
+            await gateway().close_loop_providers()
+
+    return async_to_sync(ask)()
 
 
 def reap(*, now: Any = None) -> list[str]:

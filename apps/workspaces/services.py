@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -443,9 +443,17 @@ def reconciling(workspace: Workspace) -> Iterator[None]:
         ) from None
 
 
+# Idle timeouts are minutes long; an agent's commands a few milliseconds apart need not each
+# write the row (the runtime also keeps its own activity clock, which the idle check reads).
+TOUCH_RESOLUTION = timedelta(seconds=5)
+
+
 def workspace_touch(*, workspace: Workspace) -> None:
     """Someone used it now (exec, a file write, the terminal): the idle clock restarts."""
     now = timezone.now()
+    seen = workspace.last_activity_at
+    if seen is not None and timedelta(0) <= now - seen < TOUCH_RESOLUTION:
+        return
     Workspace.objects.filter(pk=workspace.pk).update(last_activity_at=now)
     workspace.last_activity_at = now
 

@@ -476,6 +476,9 @@ AGENTS_STUCK_REPEATS = env_int("AGENTS_STUCK_REPEATS", 3)
 # A worker driving a run says so this often; a running run silent for STALE seconds is
 # resumed by another worker (agents.reap, every REAP seconds): within a minute of a crash.
 AGENTS_HEARTBEAT_SECONDS = env_int("AGENTS_HEARTBEAT_SECONDS", 5)
+# Steps of a run follow one another in one task for this long before the next is sent as a
+# task of its own (apps/agents/loop.py step_run); 0: one step per task.
+AGENTS_STEP_SLICE_SECONDS = env_int("AGENTS_STEP_SLICE_SECONDS", 5)
 AGENTS_HEARTBEAT_STALE_SECONDS = env_int("AGENTS_HEARTBEAT_STALE_SECONDS", 20)
 AGENTS_REAP_SECONDS = env_int("AGENTS_REAP_SECONDS", 10)
 # The Celery queue agent steps go to ("": the default queue), so runs can have workers of their own.

@@ -31,6 +31,7 @@ def test_the_local_model_makes_a_real_tool_call_and_the_run_ends_within_its_budg
     assert {action["tool"] for action in called} <= {
         "bash", "python", "str_replace_editor", "search", "think", "finish", "knowledge_search",
     }  # fmt: skip
-    assert not [e for e in events(live_db, run, Event.Kind.ERROR) if e.payload["code"] != "budget_exceeded"]
+    errors = [e.payload for e in events(live_db, run, Event.Kind.ERROR)]
+    assert not [error for error in errors if error["code"] not in ("budget_exceeded", "stuck")], errors
     assert run.cost == 0
     assert run.input_tokens > 0

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from django.db.models import F
+from django.db import connection
 from django.utils import timezone
 
 from apps.agents.models import ToolStat
@@ -38,17 +38,19 @@ def wire_name(name: str) -> str:
 
 
 def tool_stat_record(*, tool: str, elapsed_ms: float, error: str | None) -> None:
-    """One call of `tool`: counted, timed, and its error kept when it failed."""
-    ToolStat.objects.bulk_create([ToolStat(tool=tool)], ignore_conflicts=True)
-    changes: dict[str, Any] = {
-        "calls": F("calls") + 1,
-        "total_ms": F("total_ms") + round(elapsed_ms),
-        "last_used_at": timezone.now(),
-    }
-    if error is not None:
-        changes["errors"] = F("errors") + 1
-        changes["last_error"] = error[:1000]
-    ToolStat.objects.filter(tool=tool).update(**changes)
+    """One call of `tool`: counted, timed, and its error kept when it failed (one statement:
+    this runs at every step)."""
+    table = ToolStat._meta.db_table
+    failed = error is not None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (tool, calls, errors, total_ms, last_used_at, last_error)"  # noqa: S608 (ours)
+            " VALUES (%s, 1, %s, %s, %s, %s) ON CONFLICT (tool) DO UPDATE SET"
+            f" calls = {table}.calls + 1, errors = {table}.errors + EXCLUDED.errors,"
+            f" total_ms = {table}.total_ms + EXCLUDED.total_ms, last_used_at = EXCLUDED.last_used_at,"
+            f" last_error = CASE WHEN %s THEN EXCLUDED.last_error ELSE {table}.last_error END",
+            [tool, int(failed), round(elapsed_ms), timezone.now(), (error or "")[:1000], failed],
+        )
 
 
 def _counted(spec: ToolSpec) -> Callable[[ToolCallContext, dict[str, Any]], ToolOutcome]:
