@@ -47,7 +47,7 @@ def _usd(help_text: str = "US dollars.", **kwargs: Any) -> serializers.DecimalFi
 # Plans ---------------------------------------------------------------------------------------------
 
 
-class PlanOut(serializers.Serializer[Any]):
+class BillingPlanOut(serializers.Serializer[Any]):
     key = serializers.CharField()
     name = serializers.CharField()
     kind = serializers.ChoiceField(choices=Plan.Kind.choices)
@@ -74,18 +74,20 @@ class PlanList(APIView):
     actions = {"GET": "billing.view"}
 
     @extend_schema(
-        responses=PlanOut(many=True),
+        responses=BillingPlanOut(many=True),
         operation_id="billing_plans_list",
         description="The plans the organization may choose: the public catalogue and its own custom plans.",
     )
     def get(self, request: Request) -> Response:
-        return Response(PlanOut(selectors.plans_available(organization=_tenant(request)), many=True).data)
+        return Response(
+            BillingPlanOut(selectors.plans_available(organization=_tenant(request)), many=True).data
+        )
 
 
 # The account: plan, status, period, limits and usage ------------------------------------------------
 
 
-class LimitOut(serializers.Serializer[Any]):
+class BillingLimitOut(serializers.Serializer[Any]):
     key = serializers.CharField()
     # Serializer.label is only a class attribute's name clash; DRF's metaclass takes it as a field.
     label = serializers.CharField()  # type: ignore[assignment]
@@ -94,14 +96,14 @@ class LimitOut(serializers.Serializer[Any]):
     percent = serializers.IntegerField(allow_null=True, help_text="Share used; null when unlimited.")
 
 
-class AccountOut(serializers.Serializer[Any]):
-    plan = PlanOut()
+class BillingAccountOut(serializers.Serializer[Any]):
+    plan = BillingPlanOut()
     status = serializers.ChoiceField(choices=["active", "trialing", "past_due", "canceled", "incomplete"])
     period_start = serializers.DateTimeField()
     period_end = serializers.DateTimeField()
     subscribed = serializers.BooleanField(help_text="Paid through a Stripe subscription.")
     cancel_at_period_end = serializers.BooleanField()
-    limits = LimitOut(many=True)
+    limits = BillingLimitOut(many=True)
     period_cost_usd = _usd(
         help_text="Usage since the period started, at list prices, before what the plan includes."
     )
@@ -142,18 +144,18 @@ class AccountView(APIView):
     actions = {"GET": "billing.view"}
 
     @extend_schema(
-        responses=AccountOut,
+        responses=BillingAccountOut,
         operation_id="billing_account",
         description="The plan, its status and period, each limit with what is used of it, and the budget.",
     )
     def get(self, request: Request) -> Response:
-        return Response(AccountOut(_account_data(_tenant(request))).data)
+        return Response(BillingAccountOut(_account_data(_tenant(request))).data)
 
 
 # Usage ---------------------------------------------------------------------------------------------
 
 
-class UsageQuery(StrictSerializer):
+class BillingUsageQuery(StrictSerializer):
     days = serializers.IntegerField(min_value=1, max_value=selectors.USAGE_DAYS_MAX, default=30)
     kind = serializers.ChoiceField(choices=UsageKind.choices, required=False, allow_blank=True, default="")
     model = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
@@ -163,7 +165,7 @@ class UsageQuery(StrictSerializer):
     source_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
 
 
-class UsageDayOut(serializers.Serializer[Any]):
+class BillingUsageDayOut(serializers.Serializer[Any]):
     day = serializers.DateField()
     kind = serializers.CharField()
     unit = serializers.CharField()
@@ -171,14 +173,14 @@ class UsageDayOut(serializers.Serializer[Any]):
     amount_usd = _usd(source="amount")
 
 
-class UsageKindOut(serializers.Serializer[Any]):
+class BillingUsageKindOut(serializers.Serializer[Any]):
     kind = serializers.CharField()
     unit = serializers.CharField()
     quantity = serializers.DecimalField(max_digits=24, decimal_places=6, coerce_to_string=True)
     amount_usd = _usd(source="amount")
 
 
-class UsageModelOut(serializers.Serializer[Any]):
+class BillingUsageModelOut(serializers.Serializer[Any]):
     model = serializers.CharField()
     input_tokens = serializers.DecimalField(max_digits=24, decimal_places=0, coerce_to_string=True)
     output_tokens = serializers.DecimalField(max_digits=24, decimal_places=0, coerce_to_string=True)
@@ -186,41 +188,41 @@ class UsageModelOut(serializers.Serializer[Any]):
     amount_usd = _usd(source="amount")
 
 
-class UsageUserOut(serializers.Serializer[Any]):
+class BillingUsageUserOut(serializers.Serializer[Any]):
     user_id = serializers.IntegerField(allow_null=True, help_text="null: no person (API keys, storage).")
     email = serializers.CharField(allow_blank=True)
     amount_usd = _usd(source="amount")
 
 
-class UsageProjectOut(serializers.Serializer[Any]):
+class BillingUsageProjectOut(serializers.Serializer[Any]):
     source_type = serializers.ChoiceField(choices=["agent_run", "workspace"])
     source_id = serializers.CharField()
     name = serializers.CharField(allow_blank=True, help_text="Blank when the run or workspace is gone.")
     amount_usd = _usd(source="amount")
 
 
-class UsageOut(serializers.Serializer[Any]):
+class BillingUsageOut(serializers.Serializer[Any]):
     days = serializers.IntegerField()
     total_usd = _usd()
-    by_day = UsageDayOut(many=True, help_text="Per UTC day and kind.")
-    by_kind = UsageKindOut(many=True)
-    by_model = UsageModelOut(many=True)
-    by_user = UsageUserOut(many=True)
-    by_project = UsageProjectOut(many=True, help_text="Per agent run and workspace.")
+    by_day = BillingUsageDayOut(many=True, help_text="Per UTC day and kind.")
+    by_kind = BillingUsageKindOut(many=True)
+    by_model = BillingUsageModelOut(many=True)
+    by_user = BillingUsageUserOut(many=True)
+    by_project = BillingUsageProjectOut(many=True, help_text="Per agent run and workspace.")
 
 
 class UsageView(APIView):
     actions = {"GET": "billing.view"}
 
     @extend_schema(
-        parameters=[UsageQuery],
-        responses=UsageOut,
+        parameters=[BillingUsageQuery],
+        responses=BillingUsageOut,
         operation_id="billing_usage",
         description="Metered usage over the last `days` days (UTC), at list prices: per day and kind,"
         " per kind, model, person and project (agent run or workspace). Filters narrow every part.",
     )
     def get(self, request: Request) -> Response:
-        query = UsageQuery(data=request.query_params.dict())
+        query = BillingUsageQuery(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         organization = _tenant(request)
         usage = selectors.UsageFilter(**query.validated_data)
@@ -234,13 +236,13 @@ class UsageView(APIView):
             "by_user": selectors.cost_by_user(organization=organization, usage=usage),
             "by_project": selectors.cost_by_project(organization=organization, usage=usage),
         }
-        return Response(UsageOut(data).data)
+        return Response(BillingUsageOut(data).data)
 
 
 # Invoices ------------------------------------------------------------------------------------------
 
 
-class InvoiceOut(serializers.ModelSerializer[Invoice]):
+class BillingInvoiceOut(serializers.ModelSerializer[Invoice]):
     class Meta:
         model = Invoice
         fields = (
@@ -263,18 +265,20 @@ class InvoiceList(APIView):
     actions = {"GET": "billing.view"}
 
     @extend_schema(
-        responses=InvoiceOut(many=True),
+        responses=BillingInvoiceOut(many=True),
         operation_id="billing_invoices_list",
         description="Stripe's invoices for the organization, newest first (the last 100).",
     )
     def get(self, request: Request) -> Response:
-        return Response(InvoiceOut(selectors.invoices_list(organization=_tenant(request)), many=True).data)
+        return Response(
+            BillingInvoiceOut(selectors.invoices_list(organization=_tenant(request)), many=True).data
+        )
 
 
 # Budget --------------------------------------------------------------------------------------------
 
 
-class BudgetIn(StrictSerializer):
+class BillingBudgetIn(StrictSerializer):
     budget_usd = serializers.JSONField(
         allow_null=True,
         help_text='The monthly LLM budget in US dollars, a number or a string ("250.00"); null: none.',
@@ -290,12 +294,12 @@ class BudgetView(APIView):
     actions = {"PUT": "billing.manage"}
 
     @extend_schema(
-        request=BudgetIn,
-        responses={200: OpenApiResponse(AccountOut, description="The account after the change.")},
+        request=BillingBudgetIn,
+        responses={200: OpenApiResponse(BillingAccountOut, description="The account after the change.")},
         operation_id="billing_budget_set",
     )
     def put(self, request: Request) -> Response:
-        data = BudgetIn(data=request.data)
+        data = BillingBudgetIn(data=request.data)
         data.is_valid(raise_exception=True)
         try:
             budget = budget_parse(data.validated_data["budget_usd"])
@@ -319,13 +323,13 @@ class BudgetView(APIView):
             if exc.field == "limit_usd":
                 exc.field = "budget_usd"
             raise
-        return Response(AccountOut(_account_data(organization)).data)
+        return Response(BillingAccountOut(_account_data(organization)).data)
 
 
 # Checkout ------------------------------------------------------------------------------------------
 
 
-class CheckoutIn(StrictSerializer):
+class BillingCheckoutIn(StrictSerializer):
     plan = serializers.SlugField(max_length=50, help_text="The key of a plan from GET /api/v1/billing/plans.")
     success_url = serializers.URLField(
         required=False, max_length=500, help_text="Where Stripe sends the browser after paying."
@@ -333,7 +337,7 @@ class CheckoutIn(StrictSerializer):
     cancel_url = serializers.URLField(required=False, max_length=500)
 
 
-class CheckoutOut(serializers.Serializer[Any]):
+class BillingCheckoutOut(serializers.Serializer[Any]):
     url = serializers.CharField(
         allow_blank=True,
         help_text="Stripe's Checkout page to send the person to; blank when the plan changed.",
@@ -346,9 +350,9 @@ class CheckoutView(APIView):
     actions = {"POST": "billing.manage"}
 
     @extend_schema(
-        request=CheckoutIn,
+        request=BillingCheckoutIn,
         responses={
-            200: CheckoutOut,
+            200: BillingCheckoutOut,
             502: OpenApiResponse(ApiError, description="Stripe refused the request (`stripe_refused`)."),
             503: OpenApiResponse(
                 ApiError, description="Stripe is not set up on this platform, or cannot be reached."
@@ -360,7 +364,7 @@ class CheckoutView(APIView):
         " to reduce when the organization uses more than the plan allows.",
     )
     def post(self, request: Request) -> Response:
-        data = CheckoutIn(data=request.data)
+        data = BillingCheckoutIn(data=request.data)
         data.is_valid(raise_exception=True)
         organization = _tenant(request)
         plan = selectors.plan_for_organization(organization=organization, key=data.validated_data["plan"])
@@ -377,5 +381,5 @@ class CheckoutView(APIView):
             cancel_url=data.validated_data.get("cancel_url", f"{base}checkout/cancel/"),
         )
         return Response(
-            CheckoutOut({"url": choice.checkout_url, "plan": plan.key, "changed": choice.changed}).data
+            BillingCheckoutOut({"url": choice.checkout_url, "plan": plan.key, "changed": choice.changed}).data
         )
