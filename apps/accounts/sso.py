@@ -13,6 +13,7 @@ from social_django.models import UserSocialAuth
 from apps.accounts.models import User, normalize_email
 from apps.accounts.outbound import outbound_url_problem
 from apps.billing.features import feature_check
+from apps.billing.quotas import QuotaExceeded, members_count, quota_check, quota_lock
 from apps.core.errors import Conflict, Invalid, NotFound
 from apps.tenancy.audit import Actor, audit_record, summarize
 from apps.tenancy.models import Membership, Organization, OrganizationSSO
@@ -121,6 +122,37 @@ class SSOLogin:
     joined: bool
 
 
+def _sso_join(*, actor: Actor, user: User, organization: Organization) -> bool:
+    """Make the person a member, within the plan's member limit (counted under the billing
+    account's lock). A full organization still lets them log in; they just do not join
+    (audited)."""
+    account = quota_lock(organization)
+    if Membership.objects.filter(user=user, organization=organization).exists():
+        return False  # a concurrent login joined while this one waited for the lock
+    try:
+        quota_check(
+            account=account, organization=organization, limit="members", used=members_count(organization)
+        )
+    except QuotaExceeded as full:
+        audit_record(
+            actor=actor,
+            organization=organization,
+            action="member.join_via_sso_refused",
+            target=user,
+            after={"email": user.email, "reason": full.message},
+        )
+        return False
+    membership = Membership.objects.create(user=user, organization=organization, role=Membership.Role.MEMBER)
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="member.joined_via_sso",
+        target=membership,
+        after=summarize(membership, ["role"]) | {"email": user.email},
+    )
+    return True
+
+
 @transaction.atomic
 def sso_login_record(
     *, actor: Actor, user: User, provider: str, organization: Organization | None, is_new_user: bool
@@ -133,18 +165,8 @@ def sso_login_record(
         at_domain = (
             sso is not None and sso.verified_domain and email_domain(user.email) == sso.verified_domain
         )
-        if at_domain:
-            membership, joined = Membership.objects.get_or_create(
-                user=user, organization=organization, defaults={"role": Membership.Role.MEMBER}
-            )
-            if joined:
-                audit_record(
-                    actor=actor,
-                    organization=organization,
-                    action="member.joined_via_sso",
-                    target=membership,
-                    after=summarize(membership, ["role"]) | {"email": user.email},
-                )
+        if at_domain and not Membership.objects.filter(user=user, organization=organization).exists():
+            joined = _sso_join(actor=actor, user=user, organization=organization)
     audit_record(
         actor=actor,
         organization=organization,

@@ -265,6 +265,35 @@ def test_accepting_an_invitation_beyond_the_member_limit_is_refused_until_staff_
 
 
 @pytest.mark.django_db
+def test_a_full_organization_lets_an_sso_user_log_in_without_joining(world: World) -> None:
+    from apps.accounts.sso import sso_login_record
+    from apps.tenancy.models import OrganizationSSO
+
+    OrganizationSSO.objects.create(
+        organization=world.alpha, issuer="https://idp.alpha.test", client_id="x", verified_domain="alpha.test"
+    )
+    plan_set(world.alpha, "business", limit_overrides={"members": 2})  # alice and amy
+    newcomer = make_user("nora@alpha.test", "Nora")
+    login = sso_login_record(
+        actor=Actor(user=newcomer), user=newcomer, provider="oidc", organization=world.alpha, is_new_user=True
+    )
+    assert login.joined is False
+    assert not Membership.objects.filter(organization=world.alpha, user=newcomer).exists()
+    refusal = AuditEvent.objects.get(organization=world.alpha, action="member.join_via_sso_refused")
+    assert "allows 2 members" in refusal.changes["after"]["reason"]
+
+    plan_set(world.alpha, "business")  # 250 members
+    again = sso_login_record(
+        actor=Actor(user=newcomer),
+        user=newcomer,
+        provider="oidc",
+        organization=world.alpha,
+        is_new_user=False,
+    )
+    assert again.joined is True
+
+
+@pytest.mark.django_db
 def test_the_plan_decides_concurrent_agent_runs_under_the_platform_cap(world: World, settings: Any) -> None:
     settings.AGENTS_ORG_CONCURRENCY = 4
     plan_set(world.alpha, "free")
