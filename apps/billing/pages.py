@@ -27,7 +27,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from apps.billing import choices, selectors
+from apps.billing import choices, selectors, stripe_adapter
 from apps.billing.forms import BudgetForm, PlanChoiceForm, UsageForm
 from apps.billing.models import Plan, UsageKind
 from apps.core.errors import ServiceError
@@ -196,12 +196,14 @@ def usage_chart(rows: list[dict[str, Any]], *, days: int, kind: str, today: date
 # Reading what the page shows ------------------------------------------------------------------------
 
 
-def _plan_row(plan: Plan, current: Plan) -> dict[str, Any]:
+def _plan_row(plan: Plan, current: Plan, *, payments_ready: bool) -> dict[str, Any]:
+    needs_payment = choices.payment_needed(plan)
     return {
         "plan": plan,
         "fee": money(plan.monthly_fee),
         "current": plan.pk == current.pk,
-        "paid": bool(plan.stripe_price_id),
+        "needs_payment": needs_payment,
+        "choosable": payments_ready or not needs_payment,
         "limits": [
             (label, "Unlimited" if plan.limits.get(key) is None else quantity_text(plan.limits[key]))
             for key, label in LIMIT_LABELS.items()
@@ -293,11 +295,14 @@ def _billing_page(
     plans = selectors.plans_available(organization=organization)
     if overview.plan not in plans:
         plans = [overview.plan, *plans]
+    payments_ready = stripe_adapter.configured()
     context = {
         "active": "billing",
         "overview": overview,
         "plan_fee": money(overview.plan.monthly_fee),
-        "plans": [_plan_row(plan, overview.plan) for plan in plans],
+        "plans": [_plan_row(plan, overview.plan, payments_ready=payments_ready) for plan in plans],
+        "payments_ready": payments_ready,
+        "alerts": selectors.quota_alerts_this_month(organization=organization),
         "invoices": [
             {"invoice": invoice, "total": money(invoice.total), "paid": money(invoice.amount_paid)}
             for invoice in selectors.invoices_list(organization=organization)

@@ -459,3 +459,24 @@ def account_overview(*, organization: Organization) -> AccountOverview:
         budget_usd=budget.limit_usd if budget is not None else None,
         budget_spent=spent,
     )
+
+
+def quota_alerts_this_month(*, organization: Organization) -> list[dict[str, Any]]:
+    """The alerts sent this month (UTC), newest first, with what they were about."""
+    from apps.billing.models import QuotaAlert
+    from apps.billing.quotas import month_start
+
+    rows = QuotaAlert.objects.filter(
+        organization=organization, period_start__gte=month_start().date()
+    ).order_by("-created_at", "-threshold")
+    return [
+        {
+            "limit": row.limit,
+            "label": "Monthly budget"
+            if row.limit.startswith("budget")
+            else LIMIT_LABELS.get(row.limit, row.limit),
+            "threshold": row.threshold,
+            "created_at": row.created_at,
+        }
+        for row in rows[:50]
+    ]

@@ -13,16 +13,18 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from apps.billing.ledger import usage_record
-from apps.billing.models import BillingAccount, Invoice, Plan
+from apps.billing.models import BillingAccount, Invoice, Plan, QuotaAlert
 from apps.billing.plans import billing_account_for
 from apps.llm.models import Budget
 from apps.tenancy.models import Membership, Organization
+from tests.billing.stripe_helpers import catalogue_prices, fake  # noqa: F401 (a fixture)
 from tests.conftest import World, client_for
 from tests.factories import make_user
+from tests.fakes.stripe_server import FakeStripe, stripe_fake  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -271,3 +273,59 @@ def test_an_organizations_own_custom_plan_is_offered_to_it(world: World) -> None
     assert client.post("/billing/checkout/", {"plan": "alpha-deal"}).status_code == 302
     assert billing_account_for(world.alpha).plan.key == "alpha-deal"
     assert "alpha-deal" not in client_for(world.bob, world.beta).get("/billing/").content.decode()
+
+
+def test_without_stripe_paid_plans_cannot_be_chosen_and_the_page_says_why(world: World) -> None:
+    client = client_for(world.alice, world.alpha)
+    with override_settings(STRIPE_API_KEY=""):
+        page = client.get("/billing/").content.decode()
+        assert 'data-testid="payments-not-set-up"' in page
+        team = re.search(r'data-plan="team".*?</article>', page, re.S)
+        assert team
+        assert "disabled" in team.group(0)
+        assert 'action="/billing/checkout/"' not in team.group(0)
+        response = client.post("/billing/checkout/", {"plan": "team"})
+    assert response.status_code == 503
+    assert "Payments are not set up on this server" in response.content.decode()
+    assert billing_account_for(world.alpha).plan.key == "business"
+
+
+def test_a_paid_plan_goes_to_stripes_checkout_and_the_portal_opens(world: World, fake: FakeStripe) -> None:  # noqa: F811
+    _set_plan(world.alpha, "free")
+    catalogue_prices(fake)
+    client = client_for(world.alice, world.alpha)
+    response = client.post("/billing/checkout/", {"plan": "team"})
+    assert response.status_code == 302
+    assert response["Location"].startswith(f"{fake.origin}/checkout/")
+    assert billing_account_for(world.alpha).plan.key == "free"  # until Stripe's webhook says so
+    assert billing_account_for(world.alpha).stripe_customer_id.startswith("cus_")
+    response = client.post("/billing/portal/")
+    assert response.status_code == 302
+    assert response["Location"].startswith(f"{fake.origin}/portal/")
+
+
+def test_coming_back_from_checkout(world: World) -> None:
+    _set_plan(world.alpha, "free")
+    client = client_for(world.alice, world.alpha)
+    # Stripe's webhook has not been applied yet: the page says so and looks again.
+    pending = client.get("/billing/checkout/success/", {"plan": "team", "session_id": "cs_1"})
+    assert pending.status_code == 200
+    assert 'data-testid="checkout-pending"' in pending.content.decode()
+    assert 'http-equiv="refresh"' in pending.content.decode()
+    _set_plan(world.alpha, "team")
+    applied = client.get("/billing/checkout/success/", {"plan": "team", "session_id": "cs_1"})
+    assert applied.status_code == 302
+    assert applied["Location"] == "/billing/"
+    assert "Thank you: Alpha is now on the Team plan." in client.get("/billing/").content.decode()
+    cancelled = client.get("/billing/checkout/cancel/").content.decode()
+    assert "Nothing was charged; Alpha stays on the <strong>Team</strong> plan." in cancelled
+
+
+def test_this_months_alerts_are_listed(world: World) -> None:
+    QuotaAlert.objects.create(organization=world.alpha, limit="members", threshold=80,
+                              period_start=timezone.now().date().replace(day=1))  # fmt: skip
+    QuotaAlert.objects.create(organization=world.beta, limit="workspaces", threshold=100,
+                              period_start=timezone.now().date().replace(day=1))  # fmt: skip
+    page = client_for(world.amy, world.alpha).get("/billing/").content.decode()
+    assert _rows(page, "alert", "limit") == ["members"]
+    assert "<strong>Members</strong> reached 80%" in page
