@@ -47,7 +47,13 @@ def caches_for(redis_url: str) -> dict[str, Any]:
 def channel_layers_for(redis_url: str, *, prefix: str) -> dict[str, Any]:
     return {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # Pub/sub: a group message is published once and each web process fans it out to
+            # its own sockets in memory. The list-based core layer queued a copy per socket,
+            # which the process then popped one by one: 200 watchers of a run cost 200 Redis
+            # round trips per event (bench/agents.py event-latency). Nothing here needs
+            # delivery to a socket that is not connected: the live view heals gaps from the
+            # events table, terminal output flows from the runtime, not through Redis.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             # redis-py 8 reads with a 5 s socket timeout by default, the same as channels_redis's
             # blocking pop: an idle socket's consumer then died with TimeoutError after a few seconds.
             # redis-py 8 caps a pool at 100 connections and raises beyond; a web process whose
