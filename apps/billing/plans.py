@@ -1,7 +1,7 @@
 """The plan catalogue shipped with Agentyard, and reading a plan's limits.
 
 The catalogue is loaded by a data migration (0002_plan_catalogue) and by
-`plan_catalogue_sync` after an upgrade changes it; staff change prices and
+`manage.py billing_plans_sync` after an upgrade adds plans; staff change prices and
 limits in the back office afterwards, and custom plans live only in the table.
 Limits: a missing key or None means unlimited.
 """
@@ -149,12 +149,17 @@ CATALOGUE: list[dict[str, Any]] = [
 ]
 
 
-def plan_catalogue_sync(plan_model: Any) -> None:
-    """Create the catalogue's plans that are missing; existing rows keep staff's edits."""
+def plan_catalogue_sync(plan_model: Any) -> list[str]:
+    """Create the catalogue's plans that are missing (keys of those made); existing rows
+    keep staff's edits."""
+    made = []
     for entry in CATALOGUE:
         defaults = dict(entry)
         key = defaults.pop("key")
-        plan_model.objects.get_or_create(key=key, defaults=defaults)
+        _, created = plan_model.objects.get_or_create(key=key, defaults=defaults)
+        if created:
+            made.append(key)
+    return made
 
 
 # --- an organization's account and plan -------------------------------------------

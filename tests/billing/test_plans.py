@@ -1,5 +1,7 @@
 """The plan catalogue and the ledger's append-only guard."""
 
+from typing import Any
+
 import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -149,3 +151,35 @@ def test_limit_overrides_sit_on_top_of_the_plan(world: World) -> None:
     assert limits["members"] == 10  # the override
     assert limits["monthly_tokens"] is None  # unlimited by override
     assert limits["workspaces"] == 3  # the Free plan's own
+
+
+def test_the_sync_command_adds_missing_plans_and_keeps_staffs_edits(world: World) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    Plan.objects.filter(key="free").update(monthly_fee=1)  # staff's edit
+    Plan.objects.filter(key="reserved", accounts__isnull=True).delete()
+    out = StringIO()
+    call_command("billing_plans_sync", stdout=out)
+    assert out.getvalue().strip() == "Plans: 1 added: reserved."
+    assert Plan.objects.get(key="free").monthly_fee == 1
+    assert Plan.objects.get(key="reserved").kind == "reserved"
+
+
+def test_the_demo_organization_starts_on_business_and_keeps_a_later_plan(
+    tmp_path: Any, settings: Any
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from apps.tenancy.models import Organization
+
+    settings.BILLING_DEFAULT_PLAN = "free"  # as in production
+    call_command("seed_demo", credentials=tmp_path / "credentials.json", stdout=StringIO())
+    demo = Organization.objects.get(slug="demo")
+    assert billing_account_for(demo).plan.key == "business"
+    plan_set(demo, "team")
+    call_command("seed_demo", credentials=tmp_path / "credentials.json", stdout=StringIO())
+    assert billing_account_for(demo).plan.key == "team"

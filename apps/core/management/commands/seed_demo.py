@@ -47,6 +47,7 @@ class Command(BaseCommand):
             admin = _user_ensure(email=ADMIN_EMAIL, password=passwords["admin"], staff=True)
             demo = _user_ensure(email=DEMO_EMAIL, password=passwords["demo"], staff=False)
             organization = Organization.objects.filter(slug=DEMO_SLUG).first()
+            created = organization is None
             if organization is None:
                 organization = organization_create(
                     name=DEMO_NAME, slug=DEMO_SLUG, created_by=demo, provision_async=False
@@ -63,6 +64,8 @@ class Command(BaseCommand):
             membership.role = Membership.Role.OWNER
             membership.save(update_fields=["role"])
 
+        if created:
+            _demo_plan_set(organization=organization, staff=admin)
         _demo_workspace_ensure(organization=organization, owner=demo)
 
         logins = {
@@ -76,6 +79,19 @@ class Command(BaseCommand):
         self.stdout.write(f"Organization {organization.name!r} at {logins['organization']['host']}")
         self.stdout.write(f"Owner: {demo.email} / {passwords['demo']}")
         self.stdout.write(f"Staff: {admin.email} / {passwords['admin']}")
+
+
+def _demo_plan_set(*, organization: Organization, staff: User) -> None:
+    """A new demo organization starts on the Business plan, so every feature can be tried
+    (new organizations otherwise start on BILLING_DEFAULT_PLAN, Free); later runs leave
+    whatever plan it was moved to."""
+    from apps.billing.models import Plan
+    from apps.billing.services import plan_change
+    from apps.tenancy.audit import Actor
+
+    business = Plan.objects.filter(key="business").first()
+    if business is not None:
+        plan_change(actor=Actor(user=staff), organization=organization, plan=business, by_staff=True)
 
 
 def _demo_workspace_ensure(*, organization: Organization, owner: User) -> None:
