@@ -96,6 +96,13 @@ class BillingLimitOut(serializers.Serializer[Any]):
     percent = serializers.IntegerField(allow_null=True, help_text="Share used; null when unlimited.")
 
 
+class BillingUsageKindOut(serializers.Serializer[Any]):
+    kind = serializers.CharField()
+    unit = serializers.CharField()
+    quantity = serializers.DecimalField(max_digits=24, decimal_places=6, coerce_to_string=True)
+    amount_usd = _usd(source="amount")
+
+
 class BillingAccountOut(serializers.Serializer[Any]):
     plan = BillingPlanOut()
     status = serializers.ChoiceField(choices=["active", "trialing", "past_due", "canceled", "incomplete"])
@@ -104,6 +111,7 @@ class BillingAccountOut(serializers.Serializer[Any]):
     subscribed = serializers.BooleanField(help_text="Paid through a Stripe subscription.")
     cancel_at_period_end = serializers.BooleanField()
     limits = BillingLimitOut(many=True)
+    period_usage = BillingUsageKindOut(many=True, help_text="Usage since the period started, per kind.")
     period_cost_usd = _usd(
         help_text="Usage since the period started, at list prices, before what the plan includes."
     )
@@ -133,6 +141,9 @@ def _account_data(organization: Organization) -> dict[str, Any]:
             }
             for limit in overview.limits
         ],
+        "period_usage": selectors.usage_by_kind(
+            organization=organization, usage=selectors.UsageFilter(days=overview.period_days)
+        ),
         "period_cost_usd": overview.period_cost,
         "budget_usd": overview.budget_usd,
         "budget_spent_usd": overview.budget_spent,
@@ -167,13 +178,6 @@ class BillingUsageQuery(StrictSerializer):
 
 class BillingUsageDayOut(serializers.Serializer[Any]):
     day = serializers.DateField()
-    kind = serializers.CharField()
-    unit = serializers.CharField()
-    quantity = serializers.DecimalField(max_digits=24, decimal_places=6, coerce_to_string=True)
-    amount_usd = _usd(source="amount")
-
-
-class BillingUsageKindOut(serializers.Serializer[Any]):
     kind = serializers.CharField()
     unit = serializers.CharField()
     quantity = serializers.DecimalField(max_digits=24, decimal_places=6, coerce_to_string=True)

@@ -309,27 +309,20 @@ def _amount_text(value: float, unit: str) -> str:
 
 
 def limits_used(*, organization: Organization) -> dict[str, float]:
-    """What the organization uses of each limit now, counted as the quota checks count it
-    (apps/billing/quotas.py and the services that enforce each limit)."""
-    from django_tenants.utils import schema_context
-
-    from apps.billing import quotas
+    """What the organization uses of each limit now, counted as the quota checks and the
+    downgrade check count it (apps/billing/quotas.py, services.current_usage)."""
+    from apps.billing import quotas, services
     from apps.scheduling.selectors import organization_pool_status
-    from apps.workspaces.models import Workspace
 
-    with schema_context(organization.schema_name):
-        alive = Workspace.objects.exclude(state=Workspace.State.DELETED)
-        workspaces = alive.count()
-        running = alive.filter(state=Workspace.State.RUNNING).count()
-        allocated_mb = alive.aggregate(total=Sum("disk_mb"))["total"] or 0
+    now = services.current_usage(organization)
     return {
-        "members": float(quotas.members_count(organization)),
-        "workspaces": float(workspaces),
-        "concurrent_sandboxes": float(running),
+        "members": float(now.members),
+        "workspaces": float(now.workspaces),
+        "concurrent_sandboxes": float(now.concurrent_sandboxes),
         "concurrent_agent_runs": float(organization_pool_status(organization=organization).in_flight),
         "monthly_tokens": float(quotas.monthly_tokens_written(organization.pk)),
         "sandbox_hours": round(quotas.sandbox_hours_used(organization), 2),
-        "storage_gb": round(allocated_mb / 1024, 2),
+        "storage_gb": round(now.storage_gb, 2),
     }
 
 
@@ -347,6 +340,12 @@ class AccountOverview:
     @property
     def status(self) -> str:
         return self.account.status
+
+    @property
+    def period_days(self) -> int:
+        """The days of the period so far, today included (the usage filter's window)."""
+        elapsed = (timezone.now().date() - self.period_start.date()).days + 1
+        return min(max(elapsed, 1), USAGE_DAYS_MAX)
 
     @property
     def status_label(self) -> str:

@@ -58,7 +58,15 @@ def _usage(organization: Organization, **fields: Any) -> None:
 
 
 def test_the_account_shows_the_plan_limits_with_usage_and_the_budget(world: World) -> None:
+    from django_tenants.utils import schema_context
+
+    from apps.workspaces.models import Workspace
+
     _set_plan(world.alpha, "team")
+    with schema_context(world.alpha.schema_name):
+        Workspace.objects.create(name="billing-api-sample", state=Workspace.State.STOPPED, disk_mb=3072)
+    _usage(world.alpha, kind="sandbox_seconds", quantity=5400, source_type="workspace", source_id="1",
+           unit_price=Decimal("0.00003"))  # fmt: skip
     _, raw = new_key(world, ["billing:read"])
     body = key_client(raw).get(API).json()
     assert body["plan"]["key"] == "team"
@@ -74,6 +82,13 @@ def test_the_account_shows_the_plan_limits_with_usage_and_the_budget(world: Worl
         "percent": 8,
     }
     assert limits["monthly_tokens"]["limit"] == 50_000_000
+    assert (limits["workspaces"]["used"], limits["workspaces"]["limit"]) == (1.0, 50.0)
+    assert limits["storage_gb"]["used"] == 3.0
+    assert limits["sandbox_hours"]["used"] == 1.5
+    assert body["period_usage"] == [
+        {"kind": "sandbox_seconds", "unit": "second", "quantity": "5400.000000", "amount_usd": "0.16200000"}
+    ]
+    assert Decimal(body["period_cost_usd"]) == Decimal("0.162")
     assert body["budget_usd"] is None
     assert body["alert_thresholds"] == [50, 80, 100]
 
