@@ -19,7 +19,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     " (`expired_api_key`) or revoked (`revoked_api_key`).",
     403: "Not allowed: the key lacks the scope (`missing_scope`, the message names it), the role may"
     " not (`role_forbidden`), the key belongs to another organization's host (`wrong_organization`),"
-    " a missing CSRF token, or a rule such as `owner_only`.",
+    " a missing CSRF token, or a rule such as `owner_only`; or the organization's plan lacks the feature"
+    " (`feature_not_in_plan`: beside `error` the body names the `feature` and the `plans` that include it).",
     404: "No such object in this organization, or an unknown page cursor.",
     409: "The change conflicts with the current state, e.g. `last_owner` or `already_member`.",
     412: "If-Match (or If-Unmodified-Since) does not match the current version: read it again.",

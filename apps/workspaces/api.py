@@ -50,6 +50,12 @@ UNAVAILABLE = OpenApiResponse(
     ApiError,
     description="The workspace runtime is not reachable (`runtime_unavailable`); nothing was changed.",
 )
+QUOTA = OpenApiResponse(
+    ApiError,
+    description="The organization's plan allows no more (`quota_exceeded`): workspaces, workspace storage,"
+    " running sandboxes or this month's sandbox hours. Beside `error` the body names `limit`, `plan`,"
+    " `allowed` and `used`.",
+)
 RUNTIME_ERRORS: dict[int, OpenApiResponse] = {
     400: OpenApiResponse(
         ApiError, description="Bad input; `fields` names the field (a path leaving the workspace, say)."
@@ -139,7 +145,7 @@ class WorkspaceList(generics.ListAPIView[Workspace]):
 
     @extend_schema(
         request=WorkspaceIn,
-        responses={201: WorkspaceOut, **RUNTIME_ERRORS},
+        responses={201: WorkspaceOut, 402: QUOTA, **RUNTIME_ERRORS},
         operation_id="workspace_create",
     )
     def post(self, request: Request) -> Response:
@@ -189,7 +195,9 @@ class WorkspaceStart(_Transition):
         )
 
     @extend_schema(
-        request=None, responses={200: WorkspaceOut, **RUNTIME_ERRORS}, operation_id="workspace_start"
+        request=None,
+        responses={200: WorkspaceOut, 402: QUOTA, **RUNTIME_ERRORS},
+        operation_id="workspace_start",
     )
     def post(self, request: Request, workspace_id: int) -> Response:
         return super().post(request, workspace_id)
