@@ -456,7 +456,12 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def _announce_room(self, room: Room | None = None) -> None:
         room = room or await self.room.snapshot()
-        await self.channel_layer.group_send(self.group, {"type": "terminal.room", **room.payload()})
+        message = {"type": "terminal.room", **room.payload()}
+        await self.channel_layer.group_send(self.group, message)
+        # This socket learns it directly too: a pub/sub group message can pass a subscription
+        # made a moment before (the socket's own join). The room is versioned: a second copy
+        # changes nothing.
+        await self.terminal_room(message)
 
     def _learn(self, driver: str | None, version: int) -> bool:
         """Takes the room's state if it is newer than what this socket knows; True if it was."""
