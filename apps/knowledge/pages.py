@@ -17,6 +17,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
+from apps.billing.features import feature_required
 from apps.core.errors import ServiceError
 from apps.knowledge import documents, ingest, services
 from apps.knowledge.forms import DocumentForm, RepositoryForm, SearchForm
@@ -90,6 +91,7 @@ def _page(
 
 @require_GET
 @require_action("knowledge.view")
+@feature_required("knowledge")
 def knowledge_page(request: HttpRequest) -> HttpResponse:
     if "q" not in request.GET:
         return _page(request)
@@ -115,6 +117,7 @@ def knowledge_page(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @require_action("knowledge.view")
+@feature_required("knowledge")
 def sources_fragment(request: HttpRequest) -> HttpResponse:
     """The sources table alone, which the page polls while something is being indexed."""
     return render(request, "knowledge/_sources.html", _sources_context(request))
@@ -122,6 +125,7 @@ def sources_fragment(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @require_action("knowledge.manage")
+@feature_required("knowledge")
 def repository_add_page(request: HttpRequest) -> HttpResponse:
     form = RepositoryForm(request.POST)
     if not form.is_valid():
@@ -152,6 +156,7 @@ def _field(exc: ServiceError, form: Any, aliases: dict[str, str]) -> str | None:
 
 @require_POST
 @require_action("knowledge.manage")
+@feature_required("knowledge")
 def document_upload_page(request: HttpRequest) -> HttpResponse:
     form = DocumentForm(request.POST, request.FILES)
     if not form.is_valid():
@@ -183,6 +188,7 @@ def document_upload_page(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @require_action("knowledge.manage")
+@feature_required("knowledge")
 def source_reindex_page(request: HttpRequest, source_id: int) -> HttpResponse:
     source = _source_or_404(source_id)
     try:
@@ -198,6 +204,7 @@ def source_reindex_page(request: HttpRequest, source_id: int) -> HttpResponse:
 
 @require_POST
 @require_action("knowledge.manage")
+@feature_required("knowledge")
 def source_delete_page(request: HttpRequest, source_id: int) -> HttpResponse:
     source = _source_or_404(source_id)
     try:

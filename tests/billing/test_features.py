@@ -159,3 +159,12 @@ def test_only_staff_override_and_bad_overrides_change_nothing(world: World) -> N
 def test_an_unknown_feature_key_fails_where_it_is_declared() -> None:
     with pytest.raises(KeyError, match="teleport"):
         feature_required("teleport")
+
+
+def test_the_knowledge_page_tells_a_free_organization_which_plans_have_it(world: World) -> None:
+    plan_set(world.alpha, "free")
+    page = client_for(world.amy, world.alpha).get("/knowledge/")
+    assert page.status_code == 403
+    text = page.content.decode()
+    assert "Not in your plan" in text
+    assert "Pay as you go, Team, Business and Reserved capacity plans include" in text
