@@ -447,6 +447,8 @@ def quota_alerts_record(
             if cursor.fetchone() is not None:
                 new.append(threshold)
     with _token_lock:
+        # Last month's entries can never match again: drop them rather than keep them forever.
+        _alerted.difference_update([entry for entry in _alerted if entry[3] != period])
         for threshold in reached:
             _alerted.add((organization.pk, limit, threshold, period))
     if new:
