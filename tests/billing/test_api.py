@@ -276,3 +276,18 @@ def test_a_paid_plan_answers_stripes_checkout_page(world: World, fake: FakeStrip
     assert "/billing/checkout/success/?plan=team" in session["success_url"]
     # The plan changes when Stripe's webhook says the subscription started, not before.
     assert billing_account_for(world.alpha).plan.key == "free"
+
+
+def test_the_current_plan_or_free_under_a_running_subscription_is_a_409(world: World) -> None:
+    client = client_for(world.alice, world.alpha)
+    response = _post(client, f"{API}/checkout", {"plan": "business"})
+    assert response.status_code == 409
+    assert response.json()["error"]["message"] == "Alpha is already on the Business plan."
+    account = billing_account_for(world.alpha)
+    account.stripe_subscription_id = "sub_running"
+    account.save()
+    response = _post(client, f"{API}/checkout", {"plan": "free"})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "subscription_active"
+    assert "cancel it in the payment portal" in response.json()["error"]["message"]
+    assert billing_account_for(world.alpha).plan.key == "business"
