@@ -2,6 +2,8 @@
 and pages, API endpoints and services refuse what the plan lacks with a 403 that names
 the feature and the plans that include it."""
 
+import json
+
 import pytest
 from django.test import Client
 
@@ -168,3 +170,28 @@ def test_the_knowledge_page_tells_a_free_organization_which_plans_have_it(world:
     text = page.content.decode()
     assert "Not in your plan" in text
     assert "Pay as you go, Team, Business and Reserved capacity plans include" in text
+
+
+def test_a_guarded_django_view_class_refuses_json_clients_with_the_same_body(world: World) -> None:
+    from django.http import HttpRequest, HttpResponse
+    from django.test import RequestFactory
+    from django.views import View
+
+    @feature_required("multi_agent")
+    class Planner(View):
+        def get(self, request: HttpRequest) -> HttpResponse:
+            return HttpResponse("planned")
+
+    plan_set(world.alpha, "free")
+    request = RequestFactory().get("/planner", HTTP_ACCEPT="application/json")
+    request.tenant = world.alpha  # type: ignore[attr-defined]  # what the tenant middleware sets
+    refused = Planner.as_view()(request)
+    assert refused.status_code == 403
+    body = json.loads(refused.content)
+    assert (body["code"], body["feature"], body["plans"]) == (
+        "feature_not_in_plan",
+        "multi_agent",
+        ["team", "business", "reserved"],
+    )
+    plan_set(world.alpha, "team")
+    assert Planner.as_view()(request).content == b"planned"
