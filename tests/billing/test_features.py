@@ -186,6 +186,7 @@ def test_a_guarded_django_view_class_refuses_json_clients_with_the_same_body(wor
     request = RequestFactory().get("/planner", HTTP_ACCEPT="application/json")
     request.tenant = world.alpha  # type: ignore[attr-defined]  # what the tenant middleware sets
     refused = Planner.as_view()(request)
+    assert isinstance(refused, HttpResponse)
     assert refused.status_code == 403
     body = json.loads(refused.content)
     assert (body["code"], body["feature"], body["plans"]) == (
@@ -194,4 +195,6 @@ def test_a_guarded_django_view_class_refuses_json_clients_with_the_same_body(wor
         ["team", "business", "reserved"],
     )
     plan_set(world.alpha, "team")
-    assert Planner.as_view()(request).content == b"planned"
+    allowed = Planner.as_view()(request)
+    assert isinstance(allowed, HttpResponse)
+    assert allowed.content == b"planned"
