@@ -27,7 +27,9 @@ those sums alone (another process's spend counts once its meter flushes, within
 LLM_METERING_FLUSH_SECONDS), logged once per outage, never an error. Keys expire a
 day after their period ends ("total": a month after the last call).
 
-Organizations without budgets (most) pay nothing: no Redis or database round trip.
+Organizations without budgets (most) pay nothing here: no Redis round trip. The plan's
+monthly token quota (apps/billing/quotas.py) is checked first, from a per-process reading
+of the organization's written usage refreshed every BILLING_QUOTA_CACHE_SECONDS.
 """
 
 from __future__ import annotations
