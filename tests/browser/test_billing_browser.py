@@ -7,22 +7,31 @@ member sees the page with its controls disabled."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 from playwright.sync_api import expect
 
+from apps.accounts.models import User
+from apps.billing.ledger import usage_record
 from apps.billing.models import BillingAccount, Invoice, Plan, StripeEvent
 from apps.billing.plans import billing_account_for
 from apps.llm.models import Budget
-from apps.tenancy.models import AuditEvent
+from apps.tenancy import services as tenancy_services
+from apps.tenancy.models import AuditEvent, Organization
 from tests.billing.stripe_helpers import catalogue_prices
-from tests.conftest import LiveServer, World, wait_for
+from tests.conftest import ARTIFACTS, LiveServer, World, wait_for
+from tests.factories import make_user
 from tests.fakes.stripe_server import FakeStripe, stripe_fake  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.browser
+T = TypeVar("T")
 
 
 def _account_reset(account: BillingAccount, plan_key: str) -> None:
@@ -155,3 +164,103 @@ def test_a_member_sees_billing_but_cannot_change_it(
     expect(
         page.get_by_text("Owners, admins and billing members change the plan and the budget.")
     ).to_be_visible()
+
+
+def _off_the_loop(function: Callable[[], T]) -> T:
+    """Run `function` in a thread of its own: Playwright keeps an event loop in this one,
+    where provisioning's notices (async_to_sync) may not run."""
+
+    def call() -> T:
+        try:
+            return function()
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(call).result()
+
+
+def _chart_org_make() -> tuple[Organization, User]:
+    for leftover in Organization.objects.filter(slug="chartco"):
+        tenancy_services.organization_delete(organization=leftover)
+    User.objects.filter(email__endswith="@chartco.test").delete()
+    owner = make_user("owner@chartco.test", "Chart Owner")
+    organization = tenancy_services.organization_create(
+        name="Chartco", slug="chartco", created_by=owner, provision_async=False
+    )
+    organization = tenancy_services.organization_provision(organization_id=organization.pk)
+    now = timezone.now()
+    for offset, kind, quantity, price, model in [
+        (0, "llm_input_tokens", 2_000_000, "0.00000015", "gpt-4o-mini"),
+        (0, "sandbox_seconds", 7200, "0.00003", ""),
+        (1, "llm_output_tokens", 300_000, "0.0000006", "gpt-4o-mini"),
+        (3, "llm_input_tokens", 1_000_000, "0.0000025", "claude-3-5-haiku"),
+        (5, "storage_gb_hours", 240, "0.0001", ""),
+    ]:
+        usage_record(
+            organization_id=organization.pk, kind=kind, quantity=quantity, unit_price=Decimal(price),
+            model=model, source_type="user", user_id=owner.pk, occurred_at=now - timedelta(days=offset),
+            idempotency_key=f"chartco-{organization.pk}-{offset}-{kind}-{model}",
+        )  # fmt: skip
+    return organization, owner
+
+
+def _chart_org_drop(organization: Organization) -> None:
+    organization_id = organization.pk
+    tenancy_services.organization_delete(organization=organization)
+    User.objects.filter(email__endswith="@chartco.test").delete()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {AuditEvent._meta.db_table} WHERE organization_id = %s",  # noqa: S608 (a model's table)
+            [organization_id],
+        )
+
+
+@pytest.fixture
+def chart_org(live_db: World) -> Iterator[tuple[Organization, User]]:
+    """An organization of its own with a week of usage (ledger rows are append-only: they go
+    only with their organization, so the shared world's stay untouched)."""
+    organization, owner = _off_the_loop(_chart_org_make)
+    try:
+        yield organization, owner
+    finally:
+        _off_the_loop(lambda: _chart_org_drop(organization))
+
+
+def test_usage_chart_by_day_and_kind_and_the_cost_tables(
+    asgi_server: LiveServer, page: Any, world: World, chart_org: tuple[Organization, User]
+) -> None:
+    organization, owner = chart_org
+    page.goto(asgi_server.url(path="/login/"))
+    page.get_by_label("Email").fill(owner.email)
+    page.get_by_label("Password").fill(world.password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Chartco")
+    page.get_by_role("navigation", name="Organization").get_by_role("link", name="Billing").click()
+
+    chart = page.get_by_test_id("usage-chart")
+    expect(chart.locator("svg")).to_be_visible()
+    expect(page.get_by_test_id("chart-bar")).to_have_count(5)
+    expect(page.get_by_test_id("legend-item")).to_have_text(
+        ["LLM input tokens", "LLM output tokens", "Sandbox seconds", "Storage GB-hours"]
+    )
+    # 0.30 + 0.216 + 0.18 + 2.50 + 0.024 USD
+    expect(page.get_by_test_id("usage-total")).to_have_text("$3.22")
+    # Three days ago, claude's 2.50 USD is the peak (the full plot height); today's input 0.30.
+    inputs = page.locator('[data-testid="chart-bar"][data-kind="llm_input_tokens"]')
+    assert float(inputs.first.get_attribute("height") or 0) == 220
+    assert float(inputs.last.get_attribute("height") or 0) == pytest.approx(220 * 0.30 / 2.50)
+    expect(page.get_by_test_id("model-row")).to_have_count(2)
+    expect(page.locator('[data-testid="model-row"]').first).to_have_attribute(
+        "data-model", "claude-3-5-haiku"
+    )
+    expect(page.get_by_test_id("user-row")).to_have_attribute("data-email", owner.email)
+    expect(page.get_by_text("gpt-4o-mini")).not_to_have_count(0)
+    page.screenshot(path=str(ARTIFACTS / "screenshots" / "billing_usage_page.png"), full_page=True)
+
+    page.get_by_label("Kind", exact=True).select_option("sandbox_seconds")
+    page.get_by_role("button", name="Show").click()
+    expect(page).to_have_url(f"{asgi_server.url(organization, '/billing/')}?days=30&kind=sandbox_seconds")
+    expect(page.get_by_text("Sandbox seconds per day", exact=True)).to_be_visible()
+    expect(page.get_by_test_id("chart-bar")).to_have_count(1)
+    expect(page.get_by_test_id("usage-total")).to_have_text("$0.22")
