@@ -291,3 +291,22 @@ def test_the_current_plan_or_free_under_a_running_subscription_is_a_409(world: W
     assert response.json()["error"]["code"] == "subscription_active"
     assert "cancel it in the payment portal" in response.json()["error"]["message"]
     assert billing_account_for(world.alpha).plan.key == "business"
+
+
+def test_projects_are_named_from_the_organizations_own_workspaces(world: World) -> None:
+    from django_tenants.utils import schema_context
+
+    from apps.workspaces.models import Workspace
+
+    with schema_context(world.alpha.schema_name):
+        workspace = Workspace.objects.create(name="checkout-service", state=Workspace.State.STOPPED)
+    _usage(world.alpha, kind="sandbox_seconds", quantity=60, source_type="workspace",
+           source_id=str(workspace.pk), unit_price=Decimal("0.00003"))  # fmt: skip
+    _, raw = new_key(world, ["billing:read"])
+    for client in (key_client(raw), client_for(world.amy, world.alpha)):
+        projects = client.get(f"{API}/usage").json()["by_project"]
+        assert [(row["source_id"], row["name"]) for row in projects] == [
+            (str(workspace.pk), "checkout-service")
+        ]
+    page = client_for(world.amy, world.alpha).get("/billing/").content.decode()
+    assert f'<a href="/workspaces/{workspace.pk}/">checkout-service</a>' in page
