@@ -13,8 +13,6 @@ not say whose it is."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,6 +23,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from apps.core.charts import Chart, stacked_chart
 from apps.core.errors import ServiceError
 from apps.llm import selectors, services
 from apps.llm.credentials import BASE_URL_REQUIRED, KEYLESS_PROVIDERS
@@ -47,7 +46,6 @@ KEY_SOURCES = {
     "none": "None needed",
     "missing": "Missing",
 }
-PALETTE = ("#3b5bdb", "#2b8a3e", "#e67700", "#c2255c", "#1098ad", "#7048e8", "#5c940d", "#868e96")
 
 
 def _organization(request: HttpRequest) -> Organization:
@@ -234,45 +232,6 @@ def credential_delete_page(request: HttpRequest) -> HttpResponse:
 # Usage --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Segment:
-    day: date
-    model: str
-    x: float
-    y: float
-    width: float
-    height: float
-    color: str
-    label: str
-
-
-@dataclass(frozen=True)
-class Tick:
-    y: float
-    label: str
-
-
-@dataclass(frozen=True)
-class DayLabel:
-    x: float
-    label: str
-
-
-@dataclass(frozen=True)
-class Chart:
-    width: int
-    height: int
-    left: int
-    top: int
-    bottom: float  # the y of the x axis
-    right: int
-    segments: list[Segment]
-    ticks: list[Tick]
-    days: list[DayLabel]
-    legend: list[tuple[str, str]]  # (model, color)
-    metric_label: str
-
-
 def _metric_value(row: dict[str, Any], metric: str) -> Decimal:
     if metric == "requests":
         return Decimal(int(row["requests"]))
@@ -289,67 +248,20 @@ def usage_chart(summary: dict[str, Any], *, days: int, metric: str, today: date 
     """Stacked bars, one a day since the first day the usage covers, one colour a model."""
     today = today or timezone.now().date()
     first = today - timedelta(days=days - 1)  # the same window as selectors.usage_by_day
-    calendar = [first + timedelta(days=offset) for offset in range((today - first).days + 1)]
     models = [row["model"] for row in summary["by_model"]]
-    colors = {model: PALETTE[index % len(PALETTE)] for index, model in enumerate(models)}
-    values: dict[date, dict[str, Decimal]] = {day: {} for day in calendar}
+    values: dict[date, dict[str, Decimal]] = {}
     for row in summary["rows"]:
-        if row["day"] in values:
-            per_model = values[row["day"]]
+        if first <= row["day"] <= today:
+            per_model = values.setdefault(row["day"], {})
             per_model[row["model"]] = per_model.get(row["model"], Decimal(0)) + _metric_value(row, metric)
-    peak = max((sum(per_model.values(), Decimal(0)) for per_model in values.values()), default=Decimal(0))
-    width, height, left, top, right, bottom_margin = 760, 260, 72, 12, 8, 28
-    bottom = float(height - bottom_margin)
-    plot_width, plot_height = width - left - right, bottom - top
-    slot = plot_width / len(calendar)
-    bar = max(slot * 0.7, 1.0)
-    scale = plot_height / float(peak) if peak > 0 else 0.0
-    segments = []
-    for index, day in enumerate(calendar):
-        x = left + index * slot + (slot - bar) / 2
-        stacked = 0.0
-        for model in models:
-            value = values[day].get(model)
-            if not value:
-                continue
-            segment_height = max(float(value) * scale, 1.0)
-            stacked += segment_height
-            segments.append(
-                Segment(
-                    day=day,
-                    model=model,
-                    x=round(x, 2),
-                    y=round(bottom - stacked, 2),
-                    width=round(bar, 2),
-                    height=round(segment_height, 2),
-                    color=colors[model],
-                    label=f"{day.isoformat()} · {model}: {_metric_label(value, metric)}",
-                )
-            )
-    ticks = [
-        Tick(
-            y=round(bottom - plot_height * fraction, 2), label=_metric_label(peak * Decimal(fraction), metric)
-        )
-        for fraction in (0, 0.5, 1)
-    ]
-    every = max(1, math.ceil(len(calendar) / 10))
-    day_labels = [
-        DayLabel(x=round(left + index * slot + slot / 2, 2), label=day.strftime("%b %d"))
-        for index, day in enumerate(calendar)
-        if (len(calendar) - 1 - index) % every == 0
-    ]
-    return Chart(
-        width=width,
-        height=height,
-        left=left,
-        top=top,
-        bottom=bottom,
-        right=width - right,
-        segments=segments,
-        ticks=ticks,
-        days=day_labels,
-        legend=[(model, colors[model]) for model in models],
-        metric_label=USAGE_METRICS[metric],
+    return stacked_chart(
+        values,
+        series=models,
+        labels={},
+        first=first,
+        last=today,
+        title=USAGE_METRICS[metric],
+        value_text=lambda value: _metric_label(value, metric),
     )
 
 
