@@ -191,6 +191,11 @@ class BwrapBackend(Backend):
                 os.chmod(path, os.stat(path).st_mode | 0o111)  # noqa: S103 (search, not read)
             self._check_traversable(self.root)
         self.cgroups = limits.detect_cgroups()
+        # Cgroups are the host's, not this runtime's: two runtimes on one host (a test
+        # suite's, a deployment's, one left from a killed process) would otherwise share
+        # `alpha.ws-5`, and one stopping its sandbox killed the other's. A runtime's root is
+        # its own and survives its restarts, which must find their sandboxes' cgroups.
+        self.cgroup_prefix = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
         self.loop_quota = disk.loop_quota_supported()
         self.python, self.python_bind = self._sandbox_python()
         self.sandboxd_program = self._sandboxd_program()
@@ -255,6 +260,9 @@ class BwrapBackend(Backend):
 
     def _image(self, config: SandboxConfig) -> Path:
         return self._dir(config) / "disk.img"
+
+    def _cgroup_key(self, config: SandboxConfig) -> str:
+        return f"{self.cgroup_prefix}.{config.key}"
 
     def _socket_path(self, config: SandboxConfig) -> Path:
         # unix socket paths are limited to 107 bytes; tenant and id may be long
@@ -333,10 +341,10 @@ class BwrapBackend(Backend):
         cgroup = None
         if self.cgroups is not None:
             try:
-                stale = self.cgroups.existing(config.key)
+                stale = self.cgroups.existing(self._cgroup_key(config))
                 if stale is not None:
                     await stale.remove()
-                cgroup = self.cgroups.create(config.key, sandbox_limits)
+                cgroup = self.cgroups.create(self._cgroup_key(config), sandbox_limits)
             except limits.CgroupError as error:
                 raise BackendError(str(error)) from None
         networked = bool(config.allow)
@@ -553,7 +561,7 @@ class BwrapBackend(Backend):
             if running is not None:
                 await self._forget(config.key, running)
             elif self.cgroups is not None:
-                stale = self.cgroups.existing(config.key)
+                stale = self.cgroups.existing(self._cgroup_key(config))
                 if stale is not None:
                     try:
                         await stale.remove()
