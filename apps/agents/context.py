@@ -158,9 +158,13 @@ def knowledge_block(*, organization: Organization, run: AgentRun) -> str:
     PostgreSQL reads each step (a sixth of a step's platform time in bench/agents.py's
     profile) and changed the prompt's prefix, which providers' prompt caches key on; the
     agent searches further with its knowledge_search tool. Empty when the hook fails (a run
-    never stops for want of knowledge)."""
+    never stops for want of knowledge). Empty too when the plan lacks the `knowledge`
+    feature (this process's reading of it: no query per step)."""
+    from apps.billing.features import feature_enabled_cached
     from apps.knowledge.agent import context_for
 
+    if not feature_enabled_cached(organization_id=organization.pk, key="knowledge"):
+        return ""
     key = f"agents:knowledge-block:{run.pk}"
     block = _prompts.get(key)
     if block is None:

@@ -345,7 +345,7 @@ class _Step:
             return _fail(
                 run, self.organization, "The run's workspace was destroyed.", code="workspace_deleted"
             )
-        toolbox = tools_for(run)
+        toolbox = tools_for(run, organization=self.organization)
         action = (
             None if self.fresh else Event.objects.filter(run_id=run.pk, step_key=f"{self.key}:action").first()
         )
@@ -402,6 +402,7 @@ class _Step:
 
     def _first_step(self) -> None:
         """Once per run: the environment facts for the prompt, the knowledge preloaded."""
+        from apps.billing.features import feature_enabled_cached
         from apps.knowledge.agent import run_start
 
         run = self.run
@@ -416,6 +417,8 @@ class _Step:
                 logger.warning("Run %s: no environment facts (%s)", run.pk, exc.message)
             run.settings = {**run.settings, "environment": facts}
             AgentRun.objects.filter(pk=run.pk).update(settings=run.settings)
+        if not feature_enabled_cached(organization_id=self.organization.pk, key="knowledge"):
+            return  # the plan has no knowledge to preload: no block, no knowledge_search
         try:
             run_start(organization=self.organization, run_id=str(run.pk), task_text=run.task)
         except Exception:

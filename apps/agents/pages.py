@@ -23,6 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from apps.agents import selectors, services
 from apps.agents.api import queue_positions
 from apps.agents.models import AgentRun
+from apps.billing.features import feature_refusal
 from apps.core.errors import ServiceError
 from apps.tenancy.audit import Actor
 from apps.tenancy.decorators import page_allows, page_organization, require_action
@@ -115,13 +116,19 @@ def _run_page(
 ) -> HttpResponse:
     may = _may(request)
     workspace = run.workspace
+    show_terminal = workspace is not None and workspace.is_running
     context = {
         "run": run,
         "workspace": workspace,
         "may": may,
         "error": error,
-        "show_terminal": workspace is not None and workspace.is_running,
+        "show_terminal": show_terminal,
         "can_drive": may["workspaces_operate"],
+        "terminal_refusal": (
+            feature_refusal(organization=page_organization(request), key="terminal")
+            if show_terminal
+            else None
+        ),
         "result": run.result or {},
         "diff": str((run.result or {}).get("diff") or ""),
         "queue_position": queue_positions([run]).get(run.pk),

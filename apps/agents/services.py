@@ -23,6 +23,7 @@ from django.utils import timezone
 from apps.agents import pool
 from apps.agents.events import event_append
 from apps.agents.models import AgentProfile, AgentRun, Event
+from apps.billing.features import feature_check
 from apps.core.errors import Conflict, Invalid, NotFound
 from apps.tenancy.audit import Actor, audit_record
 from apps.tenancy.models import Organization
@@ -324,8 +325,10 @@ def run_create(
     profile: AgentProfile | int | str | None = None,
     priority: str = AgentRun.Priority.INTERACTIVE,
 ) -> AgentRun:
-    """A queued run of `task` on a running workspace; it starts when the pool has a slot."""
+    """A queued run of `task` on a running workspace; it starts when the pool has a slot.
+    The plan must have the `ai_assistance` feature."""
     _check_schema(organization)
+    feature_check(organization=organization, key="ai_assistance")
     task = _task(task)
     found_workspace = _workspace(workspace)
     found_profile = _profile(profile)
@@ -546,11 +549,12 @@ def run_decide(
 
 def run_commit(*, actor: Actor, organization: Organization, run: AgentRun, message: str) -> AgentRun:
     """Commit the workspace repository's changes (git add --all, then commit) after the run
-    ended; the commit's sha goes in the run's result."""
+    ended; the commit's sha goes in the run's result. The plan must have the `git` feature."""
     from apps.agents.workspace_git import repository_path
     from apps.workspaces.git import git_commit
 
     _check_schema(organization)
+    feature_check(organization=organization, key="git")
     run = AgentRun.objects.select_related("workspace").get(pk=run.pk)
     if not run.finished:
         raise Conflict("Wait until the run has ended to commit its changes.", code="run_not_finished")

@@ -9,17 +9,47 @@ either way). One check serves everywhere:
   that include it;
 - `@feature_required("sso")` on a Django view function, a DRF view method, or a
   whole view class (Django View or DRF APIView) refuses the request the same way:
-  the API answers JSON, pages answer an HTML 403 that says which plan to choose.
+  the API answers JSON, pages answer an HTML 403 that says which plan to choose;
+- `feature_check_cached(organization_id=..., key=...)` is the same check from a
+  per-process reading of the organization's features, kept BILLING_QUOTA_CACHE_SECONDS
+  (like the token quota's reading), for paths taken at every LLM call or agent step,
+  where a query each time would cost more than the call's own bookkeeping. Changing a
+  plan or an override forgets the reading in the process that changed it
+  (quota_snapshots_clear); other processes see the change within those seconds.
+
+What each feature guards:
+
+- `terminal`: the workspace terminal WebSocket (apps/workspaces/consumers.py: refused
+  at connect with an error frame and close 4403, and cut off at the next heartbeat
+  when the feature goes), and the terminal panel of the workspace and run pages
+  (replaced by the refusal's message);
+- `git`: the workspace git API (clone, branch, status, diff, commit, push in
+  apps/workspaces/api.py) and committing a run's changes (agents' run_commit);
+- `ai_assistance`: starting agent runs (agents' run_create: API, page and
+  `manage.py agent run`) and the OpenAI-compatible /v1 chat completions and
+  embeddings (apps/llm/openai_compat.py, cached check). Runs already started finish;
+- `knowledge`: the knowledge pages and API, and in agent runs the knowledge_search
+  tool (not offered) and the knowledge block beside the task (not added), cached;
+- `sso`: the SSO settings page and service, and SSO sign-in;
+- `audit_export`: exporting the audit log (page and API).
+
+`core_environment`, `code_analysis`, `testing_tools`, `performance_profiling` and
+`multi_agent` guard nothing yet: every plan has core_environment (workspaces
+themselves stay open to all), and the tools and multi-agent plans the others would
+guard do not exist yet. A feature that gains something to guard uses the same check.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
@@ -113,7 +143,9 @@ def plans_with_feature(key: str) -> list[tuple[str, str]]:
     return [(plan.key, plan.name) for plan in plans if key in plan.features]
 
 
-def _refusal(organization: Organization, key: str, plan_name: str) -> FeatureNotInPlan:
+def _refusal(
+    organization: Organization, key: str, plan_name: str, *, plan_has_it: bool = False
+) -> FeatureNotInPlan:
     feature = FEATURES[key]
     plans = plans_with_feature(key)
     if plans:
@@ -126,6 +158,8 @@ def _refusal(organization: Organization, key: str, plan_name: str) -> FeatureNot
     message = (
         f"{feature.name} needs the '{key}' feature{offer}. {organization.name} is on the {plan_name} plan."
     )
+    if plan_has_it:  # staff turned it off for this organization: changing plans would not help
+        message += f" It is turned off for {organization.name}; ask us to turn it back on."
     return FeatureNotInPlan(message, feature=key, plans=[plan_key for plan_key, _ in plans])
 
 
@@ -136,7 +170,96 @@ def feature_check(*, organization: Organization, key: str) -> None:
     _known(key)
     account = billing_account_for(organization)
     if key not in account_features(account):
-        raise _refusal(organization, key, account.plan.name)
+        raise _refusal(organization, key, account.plan.name, plan_has_it=key in account.plan.features)
+
+
+def feature_refusal(*, organization: Organization, key: str) -> FeatureNotInPlan | None:
+    """feature_check's refusal, returned rather than raised (None: it has the feature),
+    for a page that shows the message in place of what the feature would show."""
+    try:
+        feature_check(organization=organization, key=key)
+    except FeatureNotInPlan as error:
+        return error
+    return None
+
+
+# --- a per-process reading, for hot paths -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Reading:
+    expires: float
+    organization: Organization
+    plan_name: str
+    plan_features: frozenset[str]
+    features: frozenset[str]
+
+
+_readings_lock = threading.Lock()
+_readings: dict[int, _Reading] = {}
+
+
+def features_cache_clear(*, organization_id: int | None = None) -> None:
+    """Forget this process's feature readings (all, or one organization's)."""
+    with _readings_lock:
+        if organization_id is None:
+            _readings.clear()
+        else:
+            _readings.pop(organization_id, None)
+
+
+def _fresh_reading(organization_id: int) -> _Reading | None:
+    with _readings_lock:
+        reading = _readings.get(organization_id)
+    if reading is None or reading.expires <= time.monotonic():
+        return None
+    return reading
+
+
+def _reading(organization_id: int) -> _Reading | None:
+    from apps.billing.plans import billing_account_for
+    from apps.tenancy.models import Organization
+
+    organization = Organization.objects.filter(pk=organization_id).first()
+    if organization is None:
+        return None
+    account = billing_account_for(organization)
+    reading = _Reading(
+        expires=time.monotonic() + float(settings.BILLING_QUOTA_CACHE_SECONDS),
+        organization=organization,
+        plan_name=account.plan.name,
+        plan_features=frozenset(account.plan.features),
+        features=frozenset(account_features(account)),
+    )
+    with _readings_lock:
+        _readings[organization_id] = reading
+    return reading
+
+
+def feature_check_cached(*, organization_id: int, key: str, cached_only: bool = False) -> bool:
+    """feature_check from this process's reading of the organization's features (read
+    again after BILLING_QUOTA_CACHE_SECONDS): True when it has the feature, else
+    FeatureNotInPlan. With `cached_only` nothing touches the database (an event loop):
+    False means "undecided, call again without it" (no fresh reading, or a refusal,
+    whose message lists the plans from the database)."""
+    _known(key)
+    reading = _fresh_reading(organization_id)
+    if reading is not None and key in reading.features:
+        return True
+    if cached_only:
+        return False
+    reading = reading or _reading(organization_id)
+    if reading is None or key in reading.features:
+        return True  # an organization that is gone has nothing to refuse here
+    raise _refusal(reading.organization, key, reading.plan_name, plan_has_it=key in reading.plan_features)
+
+
+def feature_enabled_cached(*, organization_id: int, key: str) -> bool:
+    """Whether the organization has the feature, from the same per-process reading."""
+    try:
+        return feature_check_cached(organization_id=organization_id, key=key)
+    except FeatureNotInPlan:
+        return False
 
 
 # --- views ------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 from django_tenants.utils import schema_context
 
+from apps.billing.features import features_cache_clear
 from apps.billing.models import BillingAccount, QuotaAlert
 from apps.billing.plans import billing_account_for
 from apps.core.errors import ServiceError
@@ -267,7 +268,9 @@ _alerted: set[tuple[int, str, int, date]] = set()
 
 
 def quota_snapshots_clear(*, organization_id: int | None = None) -> None:
-    """Forget this process's cached token-quota readings (all, or one organization's)."""
+    """Forget this process's cached token-quota and feature readings (all, or one
+    organization's): the plan or its overrides changed."""
+    features_cache_clear(organization_id=organization_id)
     with _token_lock:
         if organization_id is None:
             _token_states.clear()

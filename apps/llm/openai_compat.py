@@ -7,6 +7,8 @@ alone selects its organization, on the public host or on its organization's own
 host; calling needs the scope `llm:write` (action llm.call), listing models
 `llm:read`. Errors use OpenAI's body, {"error": {"message", "type", "param", "code"}},
 with the gateway's stable codes, so OpenAI clients raise their usual exceptions.
+Chat completions and embeddings need the plan's `ai_assistance` feature: without it a
+403 `feature_not_in_plan` whose error also names `feature` and `plans`.
 
 Beyond OpenAI's body: a user message's content may be OpenAI's content array with
 `image_url` parts (https or data:image URLs, for models with vision); `fallbacks`
@@ -40,6 +42,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.billing.features import FeatureNotInPlan, feature_check_cached
 from apps.core.api import PrincipalRateThrottle, _throttle_redis
 from apps.core.errors import ServiceError
 from apps.llm.providers.base import ProviderError
@@ -91,7 +94,12 @@ class BadRequest(Exception):
 
 
 def openai_error(
-    status: int, message: str, code: str, param: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    code: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JsonResponse:
     body = {
         "error": {
@@ -99,6 +107,7 @@ def openai_error(
             "type": ERROR_TYPES.get(status, "api_error"),
             "param": param,
             "code": code,
+            **(extra or {}),
         }
     }
     response = JsonResponse(body, status=status)
@@ -170,6 +179,23 @@ def _throttled(api_key: ApiKey) -> int | None:
 
 
 _authenticate = sync_to_async(_authenticate_sync)
+
+
+async def _ai_assistance_refused(api_key: ApiKey) -> JsonResponse | None:
+    """The plan's `ai_assistance` feature, before a call: read from this process's reading
+    of the organization's features (apps/billing/features.py, a few seconds old at most),
+    so a call costs no query for it. The refusal is a 403 whose error also names the
+    feature and the plans that have it (OpenAI clients show the error object as is)."""
+    organization_id = api_key.organization_id
+    if feature_check_cached(organization_id=organization_id, key="ai_assistance", cached_only=True):
+        return None
+    try:
+        await sync_to_async(feature_check_cached)(organization_id=organization_id, key="ai_assistance")
+    except FeatureNotInPlan as exc:
+        return openai_error(
+            exc.status, exc.message, exc.code, extra={"feature": exc.feature, "plans": exc.plans}
+        )
+    return None
 
 
 def _context(
@@ -757,6 +783,9 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     api_key = await _authenticate(request, "llm.call")
     if isinstance(api_key, JsonResponse):
         return api_key
+    refused = await _ai_assistance_refused(api_key)
+    if refused is not None:
+        return refused
     try:
         data = _body(request)
         chat = chat_request_from(data)
@@ -825,6 +854,9 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
     api_key = await _authenticate(request, "llm.call")
     if isinstance(api_key, JsonResponse):
         return api_key
+    refused = await _ai_assistance_refused(api_key)
+    if refused is not None:
+        return refused
     try:
         data = _body(request)
         model = _string(data, "model", required=True)

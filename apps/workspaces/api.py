@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.billing.features import feature_required
 from apps.core.errors import Invalid
 from apps.core.openapi import ApiError
 from apps.tenancy.api import StrictSerializer
@@ -496,6 +497,7 @@ def _git_out(result: git.GitOutput) -> Response:
     return Response(GitOut(result).data)
 
 
+@feature_required("git")
 class GitClone(APIView):
     actions = {"POST": "workspaces.operate"}
 
@@ -516,6 +518,7 @@ class GitClone(APIView):
         )
 
 
+@feature_required("git")
 class GitBranch(APIView):
     actions = {"POST": "workspaces.operate"}
 
@@ -529,6 +532,7 @@ class GitBranch(APIView):
         return _git_out(git.git_branch(actor=_actor(request), workspace=workspace, **data.validated_data))
 
 
+@feature_required("git")
 class GitCommit(APIView):
     actions = {"POST": "workspaces.operate"}
 
@@ -542,6 +546,7 @@ class GitCommit(APIView):
         return _git_out(git.git_commit(actor=_actor(request), workspace=workspace, **data.validated_data))
 
 
+@feature_required("git")
 class GitPush(APIView):
     actions = {"POST": "workspaces.operate"}
 
@@ -567,6 +572,7 @@ GIT_PATH_PARAMETER = OpenApiParameter(
 )
 
 
+@feature_required("git")
 class GitStatusView(APIView):
     # Runs git in the sandbox (a repository's config can run commands): an operator's right.
     actions = {"GET": "workspaces.operate"}
@@ -585,6 +591,7 @@ class GitStatusView(APIView):
         return Response(body)
 
 
+@feature_required("git")
 class GitDiffView(APIView):
     actions = {"GET": "workspaces.operate"}
 

@@ -40,12 +40,17 @@ Server -> browser:
                                  "invalid" (a bad message; the socket stays), or
                                  before closing: "stopped", "unavailable",
                                  "forbidden" (the person's membership ended),
+                                 "feature_not_in_plan" (the plan lacks the
+                                 terminal; also "feature" and "plans"),
                                  "behind" (this socket fell behind the output),
                                  "runtime".
   {"type": "exit", "code": N}    the shell exited (then close 4000).
 
 Membership and role are checked again every heartbeat (15 s): a removed member
-is cut off (4403), one who lost `workspaces.operate` stops driving.
+is cut off (4403), one who lost `workspaces.operate` stops driving. The plan's
+`terminal` feature is checked at connect (a member whose organization lacks it gets
+the socket, an error "feature_not_in_plan" naming the plans that have it, then
+4403) and again every heartbeat.
 
 Close codes: 4000 the shell exited (the page offers a new one), 4403 access
 ended (the page stops retrying), 4409 the workspace is not running (the page
@@ -70,6 +75,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from apps.accounts.models import User
+from apps.billing.features import FeatureNotInPlan, feature_refusal
 from apps.tenancy.channels import tenant_database_sync_to_async
 from apps.tenancy.models import Membership, Organization
 from apps.tenancy.roles import role_allows
@@ -127,6 +133,8 @@ class TerminalAccess:
     can_drive: bool
     running: bool
     sandbox_id: str
+    # The plan lacks the terminal: said to the member, then the socket closes (4403).
+    refusal: FeatureNotInPlan | None = None
 
 
 @tenant_database_sync_to_async
@@ -142,12 +150,14 @@ def _terminal_access(tenant: Organization, user: User, workspace_id: int) -> Ter
     workspace = Workspace.objects.filter(pk=workspace_id).exclude(state=Workspace.State.DELETED).first()
     if workspace is None:
         return None
+    refusal = feature_refusal(organization=tenant, key="terminal")
     return TerminalAccess(
         user_id=user.pk,
         name=user.display_name,
         can_drive=role_allows(membership.role, "workspaces.operate"),
         running=workspace.is_running,
         sandbox_id=workspace.sandbox_id,
+        refusal=refusal,
     )
 
 
@@ -212,6 +222,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             joined_at=time.time(),
         )
         await self.accept()
+        if access.refusal is not None:
+            # Accepted first so the page can show why; a refused handshake tells it nothing.
+            await self._refuse_feature(access.refusal)
+            return
         await self._send_json({"type": "hello", "you": self.viewer.id, "can_drive": self.viewer.can_drive})
         if not access.running:
             await self._fail("stopped", STOPPED_MESSAGE, CLOSE_NOT_RUNNING)
@@ -413,6 +427,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             if access is None:
                 await self._fail("forbidden", FORBIDDEN_MESSAGE, CLOSE_FORBIDDEN)
                 return
+            if access.refusal is not None:
+                await self._refuse_feature(access.refusal)
+                return
             if access.can_drive != self.viewer.can_drive:
                 await self._role_changed(can_drive=access.can_drive)
                 continue
@@ -481,6 +498,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.last_refusal = now
         await self._send_json({"type": "refused", "message": message})
 
-    async def _fail(self, code: str, message: str, close_code: int) -> None:
-        await self._send_json({"type": "error", "code": code, "message": message})
+    async def _fail(self, code: str, message: str, close_code: int, **extra: Any) -> None:
+        await self._send_json({"type": "error", "code": code, "message": message, **extra})
         await self.close(code=close_code)
+
+    async def _refuse_feature(self, error: FeatureNotInPlan) -> None:
+        await self._fail(error.code, error.message, CLOSE_FORBIDDEN, feature=error.feature, plans=error.plans)

@@ -12,6 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from apps.billing.features import feature_refusal
 from apps.core.errors import ServiceError
 from apps.tenancy.audit import Actor
 from apps.tenancy.decorators import require_action
@@ -87,6 +88,11 @@ def _detail(
         "error": error,
         "env_names": env_names,
         "can_drive": may["workspaces_operate"],
+        "terminal_refusal": (
+            feature_refusal(organization=_organization(request), key="terminal")
+            if workspace.is_running
+            else None
+        ),
         "show_files": workspace.state
         in {Workspace.State.RUNNING, Workspace.State.STOPPED, Workspace.State.ARCHIVED},
     }

@@ -56,6 +56,7 @@
     var sharedSize = null; // the shell's size, set by the driver
     var delay = 500;
     var retryTimer = null;
+    var notInPlan = false; // the server said the plan lacks the terminal; its message stays shown
 
     function driving() {
       return me !== null && room.driver === me;
@@ -176,6 +177,10 @@
         case "error":
           say(message.message);
           if (message.code === "stopped") setStatus("stopped", "Workspace not running");
+          if (message.code === "feature_not_in_plan") {
+            notInPlan = true;
+            setStatus("stopped", "Not in your plan");
+          }
           break;
         case "exit":
           say("The shell exited with code " + message.code + ".");
@@ -206,7 +211,7 @@
           return;
         }
         if (event.code === CLOSE_FORBIDDEN) {
-          setStatus("stopped", "No access");
+          setStatus("stopped", notInPlan ? "Not in your plan" : "No access");
           return;
         }
         if (event.code === CLOSE_EXITED) {

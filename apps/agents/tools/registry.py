@@ -24,6 +24,7 @@ from django.utils import timezone
 from apps.agents.models import ToolStat
 from apps.agents.tools.base import ToolCallContext, ToolOutcome, ToolSpec
 from apps.llm.types import Tool
+from apps.tenancy.models import Organization
 
 if TYPE_CHECKING:
     from apps.agents.models import AgentRun
@@ -98,15 +99,32 @@ def _organization_tools(run: AgentRun) -> list[ToolSpec]:
     return list(organization_tools(run))
 
 
-def tools_for(run: AgentRun) -> Toolbox:
+def _knowledge_allowed(organization: Organization | None) -> bool:
+    """Whether the plan has the `knowledge` feature (this process's reading of it, so a step
+    costs no query); without it the knowledge_search tool is not offered."""
+    from apps.billing.features import feature_enabled_cached
+
+    if organization is None:  # called outside the loop: the organization of the current schema
+        schema = getattr(connection, "schema_name", "public")
+        organization = Organization.objects.filter(schema_name=schema).first()
+        if organization is None:
+            return False
+    return feature_enabled_cached(organization_id=organization.pk, key="knowledge")
+
+
+def tools_for(run: AgentRun, *, organization: Organization | None = None) -> Toolbox:
     """The run's tools: built-ins first (they win a name clash), then the organization's,
-    kept to the profile's allow-list when it has one."""
+    kept to the profile's allow-list when it has one, and to what the plan has."""
     from apps.agents.tools.builtin import builtin_tools
+    from apps.knowledge.agent import TOOL_NAME as KNOWLEDGE_TOOL
 
     allowed = set(run.settings.get("tools") or [])
+    knowledge = _knowledge_allowed(organization)
     specs: dict[str, ToolSpec] = {}
     for spec in [*builtin_tools(), *_organization_tools(run)]:
         if allowed and spec.name not in allowed and spec.name not in ALWAYS_ALLOWED:
+            continue
+        if spec.name == KNOWLEDGE_TOOL and not knowledge:
             continue
         name = wire_name(spec.name)
         if name in specs:
