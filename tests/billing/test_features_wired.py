@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 import pytest
+from django.test import override_settings
 from django_tenants.utils import schema_context
 
 from apps.accounts.models import User
@@ -127,6 +128,36 @@ def test_the_terminal_socket_says_the_plan_lacks_it_and_closes_4403(
     assert alice.output == b""
 
     assert asyncio.run(attached()).first("attached")["rows"] > 0
+
+
+def test_an_open_terminal_is_cut_off_when_the_feature_goes(
+    asgi_server: LiveServer,
+    world: World,
+    workspace: Workspace,  # noqa: F811 (the fixture imported above)
+) -> None:
+    cookie = session_cookie_for(world.alice)
+    saved = dict(billing_account_for(world.alpha).feature_overrides or {})
+
+    def set_overrides(overrides: dict[str, bool]) -> None:
+        account = billing_account_for(world.alpha)
+        account.feature_overrides = overrides
+        account.save(update_fields=["feature_overrides", "updated_at"])
+
+    async def scenario() -> TerminalClient:
+        async with ws_connect(asgi_server, world.alpha, terminal_path(workspace), cookie=cookie) as socket:
+            alice = await TerminalClient(socket).attached()
+            await asyncio.to_thread(set_overrides, {**saved, "terminal": False})
+            await alice.until(lambda me: me.close_code is not None)
+            return alice
+
+    try:
+        with override_settings(WORKSPACES_TERMINAL_HEARTBEAT_SECONDS=0.3):
+            alice = asyncio.run(scenario())
+    finally:
+        set_overrides(saved)
+    assert alice.close_code == 4403
+    assert alice.last("error")["code"] == "feature_not_in_plan"
+    assert alice.last("error")["feature"] == "terminal"
 
 
 @pytest.mark.django_db
