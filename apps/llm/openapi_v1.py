@@ -23,7 +23,9 @@ ERROR_STATUSES = {
     "402": "Over a budget of the organization, the API key or the run (code `budget_exceeded`);"
     " nothing was sent.",
     "403": "The key lacks the scope (`llm:write` to call, `llm:read` to list), the model is turned off for"
-    " the organization (`model_disabled`), or its provider has no credentials (`missing_credentials`).",
+    " the organization (`model_disabled`), its provider has no credentials (`missing_credentials`), or"
+    " the organization's plan lacks AI assistance (`feature_not_in_plan`; the error names `feature`"
+    " and `plans`).",
     "429": "Rate limited (this key's throttle, or the provider's, after retries); see Retry-After.",
     "502": "The provider failed (its error's stable code, e.g. `provider_error`, `malformed_response`).",
     "503": "Every provider of the model and its fallbacks is failing (`circuit_open`) or unreachable.",
