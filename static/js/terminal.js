@@ -76,9 +76,19 @@
       if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
     }
 
+    // The shell gets the driver's size once it has held for a moment. While the page lays
+    // itself out (the viewers list filling in, a control appearing) the screen can measure
+    // a few columns narrow for a frame; sent to the shell, that narrow size made bash wrap
+    // and redraw its prompt, and the redraw at the real width then erased the line above it.
+    var SIZE_SETTLE_MS = 200;
+    var sizeTimer = null;
     function sendSize() {
-      if (term.cols < MIN_COLS || term.rows < MIN_ROWS) return;
-      send({ type: "resize", rows: term.rows, cols: term.cols });
+      if (sizeTimer !== null) clearTimeout(sizeTimer);
+      sizeTimer = setTimeout(function () {
+        sizeTimer = null;
+        if (!driving() || term.cols < MIN_COLS || term.rows < MIN_ROWS) return;
+        send({ type: "resize", rows: term.rows, cols: term.cols });
+      }, SIZE_SETTLE_MS);
     }
 
     // The driver's screen sets the size; followers show the shell at the driver's size.
