@@ -56,7 +56,10 @@ def test_a_scripted_agent_fixes_the_failing_test_and_the_run_ends_with_its_diff(
     # old add() when the edit landed within the second of the first run).
     with schema_context(live_db.alpha.schema_name):
         caches = workspace_exec(
-            actor=as_alice(live_db), workspace=sample_workspace, command="find . -name __pycache__", cwd="sample"
+            actor=as_alice(live_db),
+            workspace=sample_workspace,
+            command="find . -name __pycache__",
+            cwd="sample",
         ).stdout
     assert caches == ""
     assert run.steps == 4
