@@ -19,11 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from bench import billing_quota, billing_usage
-
-
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
+from bench.provisioning import progress
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     # Quota enforcement under contention: bench/billing_quota.py.

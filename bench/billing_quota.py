@@ -27,13 +27,15 @@ import atexit
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from bench.api import percentile as _percentile
+from bench.provisioning import progress
 
 BENCH_DATABASE = "agentyard_bench_billing_quota"
 BENCH_REDIS_DB = 7
@@ -48,15 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"quota-check: leave the {BENCH_DATABASE} database behind",
     )
-
-
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered)) - 1))]
 
 
 def _django_setup(options: argparse.Namespace) -> None:

@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.api import percentile
+from bench.provisioning import progress
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATABASE = "agentyard_bench_billing_usage"
 BENCH_REDIS_DB = 7
@@ -60,15 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"usage-recording: leave the {BENCH_DATABASE} database behind",
     )
-
-
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered)) - 1))]
 
 
 # Set-up -------------------------------------------------------------------------------------------
