@@ -427,11 +427,19 @@ class _Step:
     # -- asking the model --------------------------------------------------------------------------
 
     def _decide(self, toolbox: Toolbox) -> Event | StepOutcome:
+        from apps.billing.features import FeatureNotInPlan, feature_check_cached
         from apps.llm.gateway import gateway
         from apps.llm.selectors import catalog_models
         from apps.llm.types import CallContext, ChatRequest
 
         run = self.run
+        # A run already going stops at its next model call when the plan no longer has AI
+        # assistance (this process's reading of the features, at most
+        # BILLING_QUOTA_CACHE_SECONDS old); starting one is refused in run_create.
+        try:
+            feature_check_cached(organization_id=self.organization.pk, key="ai_assistance")
+        except FeatureNotInPlan as exc:
+            return _fail(run, self.organization, exc.message, code=exc.code, step=self.number)
         events = run_context.run_events(run)
         messages = run_context.conversation(
             organization=self.organization, run=run, events=events, toolbox=toolbox
