@@ -27,7 +27,8 @@ What each feature guards:
   apps/workspaces/api.py) and committing a run's changes (agents' run_commit);
 - `ai_assistance`: starting agent runs (agents' run_create: API, page and
   `manage.py agent run`) and the OpenAI-compatible /v1 chat completions and
-  embeddings (apps/llm/openai_compat.py, cached check). Runs already started finish;
+  embeddings (apps/llm/openai_compat.py, cached check); a run already going fails at
+  its next model call (apps/agents/loop.py, cached check);
 - `knowledge`: the knowledge pages and API, and in agent runs the knowledge_search
   tool (not offered) and the knowledge block beside the task (not added), cached;
 - `sso`: the SSO settings page and service, and SSO sign-in;
