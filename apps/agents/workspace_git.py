@@ -14,9 +14,14 @@ from apps.workspaces.models import Workspace
 from apps.workspaces.services import workspace_exec
 
 FIND_REPOSITORY = 'for d in . */; do if [ -e "$d/.git" ]; then printf "%s" "$d"; exit 0; fi; done; exit 3'
-# Everything that changed, new files included, without writing the real index.
+# Everything that changed, new files included, without writing the real index. The copy
+# keeps the index's mtime (--preserve=timestamps): git tells a file changed within the
+# second its entry was recorded (same size, same whole-second mtime) by comparing the entry
+# with the index file's own mtime, and a copy made later hid such an edit (an agent's first
+# edit right after a clone or commit came out as an empty diff, about 1 in 40 here).
 DIFF = (
-    'index=$(mktemp) || exit 4; cp "$(git rev-parse --git-dir)/index" "$index" 2>/dev/null || rm -f "$index";'
+    "index=$(mktemp) || exit 4;"
+    ' cp --preserve=timestamps "$(git rev-parse --git-dir)/index" "$index" 2>/dev/null || rm -f "$index";'
     ' export GIT_INDEX_FILE="$index";'
     ' git add --all && git diff --cached --no-color --no-ext-diff; code=$?; rm -f "$index"; exit $code'
 )
